@@ -1,0 +1,1 @@
+//! Skyloom's custom resources (`skyloom.io/v1alpha1`).

@@ -1,0 +1,3 @@
+//! `skyloom`: the operator and its command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Skyloom's placement solver: a pure function from a snapshot to a decision.

@@ -1,0 +1,1 @@
+//! Local Kubernetes control planes for Skyloom's tests and demo.

@@ -1,0 +1,3 @@
+//! `skyloom-testbed`: start, inspect and break local clusters.
+
+fn main() {}
