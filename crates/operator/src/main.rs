@@ -1,3 +1,32 @@
 //! `skyloom`: the operator and its command line.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod crd_cmd;
+mod plan_cmd;
+
+/// Skyloom places AI services across clouds.
+#[derive(Debug, Parser)]
+#[command(name = "skyloom", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as multi-document YAML.
+    Crd,
+    /// Solve a placement offline from CloudPool and AIService manifests.
+    Plan(plan_cmd::PlanArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => crd_cmd::run(),
+        Command::Plan(args) => plan_cmd::run(args),
+    }
+}
