@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the CustomResourceDefinitions as multi-document YAML.
-    Crd,
+    Crd(crd_cmd::CrdArgs),
     /// Solve a placement offline from CloudPool and AIService manifests.
     Plan(plan_cmd::PlanArgs),
 }
@@ -26,7 +26,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => crd_cmd::run(),
+        Command::Crd(args) => crd_cmd::run(args),
         Command::Plan(args) => plan_cmd::run(args),
     }
 }

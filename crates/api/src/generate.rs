@@ -1,0 +1,49 @@
+//! CRD generation: the objects, their YAML and the file names under `deploy/crds/`.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use thiserror::Error;
+
+use crate::{AIService, CloudPool};
+
+/// The comment at the top of every generated CRD file.
+pub const GENERATED_HEADER: &str = "# Generated from crates/api by `cargo run -p skyloom -- crd --out deploy/crds`. Do not edit.\n";
+
+/// CRD generation failed.
+#[derive(Debug, Error)]
+pub enum CrdError {
+    /// A CRD could not be serialized to YAML.
+    #[error("cannot serialize CRD {name} to YAML: {source}")]
+    Yaml {
+        /// The CRD's name.
+        name: String,
+        /// The serializer's error.
+        source: serde_saphyr::SerializeError,
+    },
+}
+
+/// Every Skyloom CRD, in a stable order (CloudPool, then AIService).
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![CloudPool::crd(), AIService::crd()]
+}
+
+/// The file name of a CRD under `deploy/crds/`, e.g. `skyloom.io_cloudpools.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
+}
+
+/// One CRD as a YAML document with the generated-file header.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
+    let body = serde_saphyr::to_string(crd).map_err(|source| CrdError::Yaml {
+        name: crd.metadata.name.clone().unwrap_or_default(),
+        source,
+    })?;
+    Ok(format!("{GENERATED_HEADER}{body}"))
+}
+
+/// Every CRD as one multi-document YAML stream: the concatenation of the files in
+/// `deploy/crds/`, separated by `---`.
+pub fn crds_yaml() -> Result<String, CrdError> {
+    let docs = crds().iter().map(crd_yaml).collect::<Result<Vec<_>, _>>()?;
+    Ok(docs.join("---\n"))
+}
