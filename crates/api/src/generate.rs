@@ -1,6 +1,8 @@
 //! CRD generation: the objects, their YAML and the file names under `deploy/crds/`.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use thiserror::Error;
 
@@ -22,9 +24,45 @@ pub enum CrdError {
     },
 }
 
-/// Every Skyloom CRD, in a stable order (CloudPool, then AIService).
+/// Every Skyloom CRD, in a stable order (CloudPool, then AIService), with descriptions
+/// reflowed for `kubectl explain`. Install these rather than `AIService::crd()` directly.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![CloudPool::crd(), AIService::crd()]
+    let mut crds = vec![CloudPool::crd(), AIService::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                reflow_descriptions(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps text itself, so hard line
+/// breaks inside a paragraph come out ragged. Joins the lines of each paragraph.
+fn reflow_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(description) = schema.description.as_mut() {
+        *description = description
+            .split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().filter_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(_) => None,
+        }))
+        .chain(schema.additional_properties.iter_mut().filter_map(|a| match a {
+            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+            JSONSchemaPropsOrBool::Bool(_) => None,
+        }));
+    for child in children {
+        reflow_descriptions(child);
+    }
 }
 
 /// The file name of a CRD under `deploy/crds/`, e.g. `skyloom.io_cloudpools.yaml`.
