@@ -45,32 +45,20 @@ local function text(c)
   return table.concat(parts, ": ")
 end
 
-local stalled = find("Stalled")
-if current(stalled) and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = text(stalled)
-  return hs
-end
-
-local progressing = find("Progressing")
-if current(progressing) and progressing.status == "False" and progressing.reason == "ProgressDeadlineExceeded" then
-  hs.status = "Degraded"
-  hs.message = text(progressing)
-  return hs
-end
-
-local scheduled = find("Scheduled")
-if current(scheduled) and scheduled.status == "False" then
-  hs.status = "Degraded"
-  hs.message = text(scheduled)
-  return hs
-end
-
-local ready = find("Ready")
-if current(ready) and ready.status == "False" and failureReasons[ready.reason] then
-  hs.status = "Degraded"
-  hs.message = text(ready)
-  return hs
+-- Conditions that make the service Degraded when they speak for the current spec, in order.
+local degradedWhen = {
+  { type = "Stalled", status = "True" },
+  { type = "Progressing", status = "False", reasons = { ProgressDeadlineExceeded = true } },
+  { type = "Scheduled", status = "False" },
+  { type = "Ready", status = "False", reasons = failureReasons },
+}
+for _, rule in ipairs(degradedWhen) do
+  local c = find(rule.type)
+  if current(c) and c.status == rule.status and (rule.reasons == nil or rule.reasons[c.reason]) then
+    hs.status = "Degraded"
+    hs.message = text(c)
+    return hs
+  end
 end
 
 if observed == nil or observed < generation then
@@ -79,6 +67,7 @@ if observed == nil or observed < generation then
   return hs
 end
 
+local ready = find("Ready")
 if current(ready) and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = text(ready)
