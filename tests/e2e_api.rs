@@ -274,17 +274,14 @@ async fn kubectl_scale_changes_spec_replicas() {
         .unwrap();
     let (ok, _, err) = kubectl_stdin(hub, &["apply", "-f", "-"], &manifest);
     assert!(ok, "{err}");
-    let (ok, _, err) = run_kubectl(
-        hub,
-        &[
-            "scale",
-            "-n",
-            &ns.name,
-            "aiservice/image-classifier",
-            "--replicas",
-            "5",
-        ],
-    );
+    let scale = |replicas: &str| {
+        let target = "aiservice/image-classifier";
+        run_kubectl(
+            hub,
+            &["scale", "-n", &ns.name, target, "--replicas", replicas],
+        )
+    };
+    let (ok, _, err) = scale("5");
     assert!(ok, "{err}");
     let (ok, out, err) = run_kubectl(
         hub,
@@ -301,17 +298,7 @@ async fn kubectl_scale_changes_spec_replicas() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "5");
     // Above the schema's maximum, the scale subresource refuses too.
-    let (ok, _, err) = run_kubectl(
-        hub,
-        &[
-            "scale",
-            "-n",
-            &ns.name,
-            "aiservice/image-classifier",
-            "--replicas",
-            "20000",
-        ],
-    );
+    let (ok, _, err) = scale("20000");
     assert!(!ok && err.contains("spec.replicas"), "{err}");
     ns.delete().await.unwrap();
 }
