@@ -1,5 +1,13 @@
 //! The Skyloom operator: watches AIServices and CloudPools on the hub, decides placements with
 //! the solver and realises them as Deployments in member clusters.
 
+pub mod capacity;
 pub mod config;
+pub mod identity;
+pub mod kubeconfig_guard;
+pub mod members;
+pub mod quantity;
+pub mod realise;
 pub mod run;
+pub mod snapshot;
+pub mod status;

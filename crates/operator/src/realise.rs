@@ -1,0 +1,266 @@
+//! Turning a desired placement into per-member writes, make-before-break: a member is scaled
+//! down only by as many replicas as are Available elsewhere beyond what the service needs,
+//! and scale-ups never take the service above its desired replicas plus the surge budget.
+//! Members that cannot be observed are never written to. Pure: no client here.
+
+use std::collections::BTreeMap;
+
+/// What is known about the service's Deployment in one member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Whether Skyloom can act on the member now (reachable, Deployments listed).
+    pub observable: bool,
+    /// `spec.replicas` of the owned Deployment, if one exists.
+    pub spec_replicas: Option<u32>,
+    /// Available replicas of the current template.
+    pub available: u32,
+}
+
+/// One write to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Apply the Deployment with this many replicas.
+    Apply {
+        /// The member.
+        pool: String,
+        /// Replicas to set.
+        replicas: u32,
+    },
+    /// Delete the owned Deployment.
+    Delete {
+        /// The member.
+        pool: String,
+    },
+}
+
+/// The migration limits of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Desired replicas of the service.
+    pub desired: u32,
+    /// Extra replicas allowed during moves.
+    pub max_surge: u32,
+    /// Replicas that may be unavailable during moves.
+    pub max_unavailable: u32,
+}
+
+/// Replica counts to set per member (for every observable member that has or should have a
+/// Deployment) given the desired placement and what is observed.
+pub fn targets(
+    desired: &BTreeMap<String, u32>,
+    observed: &BTreeMap<String, Observed>,
+    limits: Limits,
+) -> BTreeMap<String, u32> {
+    let want = |p: &str| desired.get(p).copied().unwrap_or(0);
+    let pools: std::collections::BTreeSet<&String> =
+        desired.keys().chain(observed.keys()).collect();
+    // What the service holds now: observed spec where we can see, assumed desired elsewhere.
+    let mut held: u32 = 0;
+    for p in &pools {
+        let o = observed.get(*p);
+        held = held.saturating_add(match o {
+            Some(o) if o.observable => o.spec_replicas.unwrap_or(0),
+            _ => want(p).min(o.and_then(|o| o.spec_replicas).unwrap_or(0)),
+        });
+    }
+    let mut budget = limits
+        .desired
+        .saturating_add(limits.max_surge)
+        .saturating_sub(held);
+    let mut out = BTreeMap::new();
+    // Scale-ups, in name order, within the surge budget.
+    for p in &pools {
+        let Some(o) = observed.get(*p).filter(|o| o.observable) else {
+            continue;
+        };
+        let current = o.spec_replicas.unwrap_or(0);
+        let target = want(p);
+        if target > current {
+            let step = (target - current).min(budget);
+            budget -= step;
+            out.insert((*p).clone(), current + step);
+        }
+    }
+    // Scale-downs: keep enough here that available replicas elsewhere plus what stays covers
+    // the desired count (minus the unavailability allowance).
+    for p in &pools {
+        let Some(o) = observed.get(*p).filter(|o| o.observable) else {
+            continue;
+        };
+        let current = o.spec_replicas.unwrap_or(0);
+        let target = want(p);
+        if target >= current {
+            out.entry((*p).clone()).or_insert(current);
+            continue;
+        }
+        let elsewhere: u32 = pools
+            .iter()
+            .filter(|q| **q != *p)
+            .filter_map(|q| {
+                observed
+                    .get(*q)
+                    .filter(|o| o.observable)
+                    .map(|o| o.available.min(want(q)))
+            })
+            .sum();
+        let needed = limits
+            .desired
+            .saturating_sub(limits.max_unavailable)
+            .saturating_sub(elsewhere);
+        out.insert((*p).clone(), target.max(needed).min(current));
+    }
+    out
+}
+
+/// The writes that move the observed state toward `targets`.
+pub fn actions(
+    targets: &BTreeMap<String, u32>,
+    observed: &BTreeMap<String, Observed>,
+    needs_update: &dyn Fn(&str) -> bool,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (pool, &n) in targets {
+        let current = observed.get(pool).and_then(|o| o.spec_replicas);
+        match (current, n) {
+            (None, 0) => {}
+            (Some(_), 0) => out.push(Action::Delete { pool: pool.clone() }),
+            (Some(c), n) if c == n && !needs_update(pool) => {}
+            (_, n) => out.push(Action::Apply {
+                pool: pool.clone(),
+                replicas: n,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(spec: Option<u32>, available: u32) -> Observed {
+        Observed {
+            observable: true,
+            spec_replicas: spec,
+            available,
+        }
+    }
+
+    fn map<T: Clone>(items: &[(&str, T)]) -> BTreeMap<String, T> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    const L4: Limits = Limits {
+        desired: 4,
+        max_surge: 1,
+        max_unavailable: 0,
+    };
+
+    #[test]
+    fn initial_placement_creates_everything_at_once() {
+        let t = targets(
+            &map(&[("a", 2), ("b", 2)]),
+            &map(&[("a", obs(None, 0)), ("b", obs(None, 0))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 2), ("b", 2)]));
+    }
+
+    #[test]
+    fn a_move_surges_one_then_shrinks_only_what_is_available_elsewhere() {
+        let desired = map(&[("a", 0), ("b", 4)]);
+        // Step 1: nothing available in b yet: b gets one surge replica, a keeps all 4.
+        let t = targets(
+            &desired,
+            &map(&[("a", obs(Some(4), 4)), ("b", obs(None, 0))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 4), ("b", 1)]));
+        // Step 2: b's replica is Available: a drops one, b may not grow until then.
+        let t = targets(
+            &desired,
+            &map(&[("a", obs(Some(4), 4)), ("b", obs(Some(1), 1))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 3), ("b", 1)]));
+        // Never below 4 available, never above 5 requested.
+        let t = targets(
+            &desired,
+            &map(&[("a", obs(Some(3), 3)), ("b", obs(Some(1), 1))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 3), ("b", 2)]));
+        let t = targets(
+            &desired,
+            &map(&[("a", obs(Some(0), 0)), ("b", obs(Some(4), 4))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 0), ("b", 4)]));
+    }
+
+    #[test]
+    fn target_that_never_becomes_ready_never_drains_the_source() {
+        let desired = map(&[("a", 0), ("b", 4)]);
+        let t = targets(
+            &desired,
+            &map(&[("a", obs(Some(4), 4)), ("b", obs(Some(1), 0))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 4), ("b", 1)]));
+    }
+
+    #[test]
+    fn unobservable_members_are_left_alone_and_hold_their_share() {
+        let desired = map(&[("a", 2), ("b", 2)]);
+        let mut observed = map(&[("a", obs(Some(2), 2)), ("b", obs(Some(2), 2))]);
+        observed.get_mut("b").unwrap().observable = false;
+        let t = targets(&desired, &observed, L4);
+        assert_eq!(t, map(&[("a", 2)]), "nothing is decided for b");
+        // After failover b is given up (desired 0) and a grows, although b's copy may run.
+        let t = targets(&map(&[("a", 4), ("b", 0)]), &observed, L4);
+        assert_eq!(t, map(&[("a", 4)]));
+    }
+
+    #[test]
+    fn plain_scale_down_is_immediate() {
+        let t = targets(
+            &map(&[("a", 1), ("b", 1)]),
+            &map(&[("a", obs(Some(3), 3)), ("b", obs(Some(3), 3))]),
+            Limits {
+                desired: 2,
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+        );
+        assert_eq!(t, map(&[("a", 1), ("b", 1)]));
+    }
+
+    #[test]
+    fn actions_skip_what_is_already_right() {
+        let observed = map(&[
+            ("a", obs(Some(2), 2)),
+            ("b", obs(Some(1), 1)),
+            ("c", obs(None, 0)),
+        ]);
+        let t = map(&[("a", 2), ("b", 0), ("c", 3)]);
+        let acts = actions(&t, &observed, &|_| false);
+        assert_eq!(
+            acts,
+            vec![
+                Action::Delete { pool: "b".into() },
+                Action::Apply {
+                    pool: "c".into(),
+                    replicas: 3
+                }
+            ]
+        );
+        let acts = actions(&t, &observed, &|p| p == "a");
+        assert!(acts.contains(&Action::Apply {
+            pool: "a".into(),
+            replicas: 2
+        }));
+    }
+}

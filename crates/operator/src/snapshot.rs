@@ -1,0 +1,246 @@
+//! From API objects to the solver's [`Snapshot`]: one code path for the controller and for
+//! `skyloom plan`. Invalid values (unreadable quantities, prices out of range) are reported
+//! per object and field; the object is left out and planning goes on for everyone else.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as KubeSelector;
+use skyloom_api::aiservice::TolerationOperator as ApiTolOp;
+use skyloom_api::cloudpool::TaintEffect as ApiEffect;
+use skyloom_api::{AIService, CloudPool};
+use skyloom_solver::selector::{LabelSelector, Requirement, SelectorOperator};
+use skyloom_solver::snapshot::{MAX_PERFORMANCE_SCORE, MAX_REPLICAS};
+use skyloom_solver::taint::{Taint, TaintEffect, Toleration, TolerationOperator};
+use skyloom_solver::{Cloud, ObjectiveWeights, PlacementRules, Preference, Service, Spread};
+
+use crate::capacity::pod_requests;
+use crate::quantity::to_base_units;
+
+/// A value in an object that cannot be planned with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: field {field}: {message}")]
+pub struct SpecIssue {
+    /// `CloudPool` or `AIService`.
+    pub kind: &'static str,
+    /// `name` or `namespace/name`.
+    pub object: String,
+    /// Path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What the controller knows about a pool beyond its spec.
+#[derive(Debug, Clone, Default)]
+pub struct PoolFacts {
+    /// Discovered capacity available to Skyloom (allocatable minus foreign use), if known.
+    pub discovered: Option<BTreeMap<String, u64>>,
+    /// Largest node per resource, if known.
+    pub largest_node: Option<BTreeMap<String, u64>>,
+    /// Whether new replicas may go there (reachable, authorised).
+    pub healthy: bool,
+}
+
+fn effect(e: ApiEffect) -> TaintEffect {
+    match e {
+        ApiEffect::NoSchedule => TaintEffect::NoSchedule,
+        ApiEffect::PreferNoSchedule => TaintEffect::PreferNoSchedule,
+        ApiEffect::NoExecute => TaintEffect::NoExecute,
+    }
+}
+
+/// The solver's view of a pool. The capacity is the smaller of the declared quota and what was
+/// discovered; with nothing discovered (offline planning), the declared capacity.
+pub fn cloud(pool: &CloudPool, facts: &PoolFacts) -> Result<Cloud, SpecIssue> {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let issue = |field: String, message: String| SpecIssue {
+        kind: "CloudPool",
+        object: name.clone(),
+        field,
+        message,
+    };
+    let spec = &pool.spec;
+    let mut declared = BTreeMap::new();
+    for (res, q) in &spec.capacity {
+        let v = to_base_units(res, &q.0)
+            .map_err(|e| issue(format!("spec.capacity[{res}]"), e.to_string()))?;
+        declared.insert(res.clone(), v);
+    }
+    let capacity = match &facts.discovered {
+        None => declared,
+        Some(found) => {
+            let mut cap = found.clone();
+            for (res, limit) in &declared {
+                let e = cap.entry(res.clone()).or_insert(0);
+                *e = (*e).min(*limit);
+            }
+            cap
+        }
+    };
+    let mut prices = BTreeMap::new();
+    for res in spec.prices.keys() {
+        match spec.price(res) {
+            Ok(Some(p)) => {
+                prices.insert(res.clone(), p.0);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(issue(format!("spec.prices[{res}]"), e.to_string())),
+        }
+    }
+    let score = u32::try_from(spec.performance_score())
+        .unwrap_or(0)
+        .min(MAX_PERFORMANCE_SCORE);
+    let mut labels: BTreeMap<String, String> = pool.metadata.labels.clone().unwrap_or_default();
+    labels
+        .entry("skyloom.io/provider".into())
+        .or_insert_with(|| spec.provider.clone());
+    labels
+        .entry("topology.kubernetes.io/region".into())
+        .or_insert_with(|| spec.region.clone());
+    Ok(Cloud {
+        name: name.clone(),
+        provider: spec.provider.clone(),
+        region: spec.region.clone(),
+        labels,
+        capacity,
+        prices,
+        performance_score: score,
+        taints: spec
+            .taints
+            .iter()
+            .map(|t| Taint {
+                key: t.key.clone(),
+                value: t.value.clone().unwrap_or_default(),
+                effect: effect(t.effect),
+            })
+            .collect(),
+        cordoned: spec.is_cordoned(),
+        healthy: facts.healthy,
+        terminating: pool.metadata.deletion_timestamp.is_some(),
+        largest_node: facts.largest_node.clone(),
+    })
+}
+
+fn selector(sel: &KubeSelector) -> Result<LabelSelector, String> {
+    let mut out = LabelSelector {
+        match_labels: sel.match_labels.clone().unwrap_or_default(),
+        match_expressions: Vec::new(),
+    };
+    for (i, r) in sel.match_expressions.iter().flatten().enumerate() {
+        let operator = match r.operator.as_str() {
+            "In" => SelectorOperator::In,
+            "NotIn" => SelectorOperator::NotIn,
+            "Exists" => SelectorOperator::Exists,
+            "DoesNotExist" => SelectorOperator::DoesNotExist,
+            other => {
+                return Err(format!(
+                    "matchExpressions[{i}].operator '{other}' is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+        out.match_expressions.push(Requirement {
+            key: r.key.clone(),
+            operator,
+            values: r.values.clone().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+fn clamp(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0).min(MAX_REPLICAS)
+}
+
+/// The solver's view of an AIService, with the replicas running now per cloud.
+pub fn service(ais: &AIService, current: BTreeMap<String, u32>) -> Result<Service, SpecIssue> {
+    let ns = ais.metadata.namespace.clone().unwrap_or_default();
+    let name = ais.metadata.name.clone().unwrap_or_default();
+    let issue = |field: String, message: String| SpecIssue {
+        kind: "AIService",
+        object: format!("{ns}/{name}"),
+        field,
+        message,
+    };
+    let spec = &ais.spec;
+    let pod_spec = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| issue("spec.template.spec".into(), "is required".into()))?;
+    // Unreadable quantities are rejected by the CRD schema; check again, naming the field.
+    for (ci, c) in pod_spec.containers.iter().enumerate() {
+        let res = c.resources.as_ref();
+        for (what, map) in [
+            ("requests", res.and_then(|r| r.requests.as_ref())),
+            ("limits", res.and_then(|r| r.limits.as_ref())),
+        ] {
+            for (k, q) in map.into_iter().flatten() {
+                to_base_units(k, &q.0).map_err(|e| {
+                    issue(
+                        format!("spec.template.spec.containers[{ci}].resources.{what}[{k}]"),
+                        e.to_string(),
+                    )
+                })?;
+            }
+        }
+    }
+    let demand = pod_requests(pod_spec);
+    let placement = spec.placement.clone().unwrap_or_default();
+    let cloud_selector = placement
+        .cloud_selector
+        .as_ref()
+        .map(selector)
+        .transpose()
+        .map_err(|m| issue("spec.placement.cloudSelector".into(), m))?;
+    let mut preferences = Vec::new();
+    for (i, p) in placement.preferences.iter().enumerate() {
+        preferences.push(Preference {
+            weight: u32::try_from(p.weight).unwrap_or(0).min(100),
+            selector: selector(&p.selector)
+                .map_err(|m| issue(format!("spec.placement.preferences[{i}].selector"), m))?,
+        });
+    }
+    let s = spec.spread();
+    let spread = Spread {
+        min_clouds: clamp(s.min_clouds()).max(1),
+        max_replicas_per_cloud: s.max_replicas_per_cloud.map(clamp),
+        survive_cloud_loss: s.survive_cloud_loss(),
+    };
+    let o = spec.objective();
+    let objective = ObjectiveWeights {
+        cost_weight: clamp(o.cost_weight()).min(10_000),
+        performance_weight: clamp(o.performance_weight()).min(10_000),
+    };
+    let tolerations = spec
+        .tolerations
+        .iter()
+        .map(|t| Toleration {
+            key: t.key.clone().unwrap_or_default(),
+            operator: match t.operator() {
+                ApiTolOp::Equal => TolerationOperator::Equal,
+                ApiTolOp::Exists => TolerationOperator::Exists,
+            },
+            value: t.value.clone().unwrap_or_default(),
+            effect: t.effect.map(effect),
+        })
+        .collect();
+    Ok(Service {
+        namespace: ns.clone(),
+        name: name.clone(),
+        demand,
+        desired: clamp(spec.replicas),
+        min_replicas: spec.min_replicas.map(clamp),
+        priority: spec.priority(),
+        placement: PlacementRules {
+            clouds: placement.clouds.clone(),
+            cloud_selector,
+            regions: placement.regions.clone(),
+            preferences,
+            spread,
+            objective,
+        },
+        tolerations,
+        min_savings_percent: clamp(spec.migration().min_savings_percent()).min(100),
+        current,
+    })
+}

@@ -1,0 +1,457 @@
+//! Status of AIServices and CloudPools, computed from decisions and observations. Pure, and
+//! stable: a condition keeps its `lastTransitionTime` while its status does not change, so an
+//! unchanged world produces an identical status and no write.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use skyloom_api::aiservice::{CloudPlacement, Explanation, condition, reason};
+use skyloom_api::conditions::status as cstatus;
+
+/// One condition to set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    /// Type.
+    pub type_: &'static str,
+    /// True, False or Unknown.
+    pub status: &'static str,
+    /// Reason (CamelCase).
+    pub reason: String,
+    /// Message for people.
+    pub message: String,
+}
+
+impl Cond {
+    /// A condition.
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status: if status {
+                cstatus::TRUE
+            } else {
+                cstatus::FALSE
+            },
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds the condition list, keeping transition times of conditions whose status did not
+/// change.
+pub fn conditions(
+    new: &[Cond],
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    new.iter()
+        .map(|c| {
+            let prev = previous.iter().find(|p| p.type_ == c.type_);
+            let last_transition_time = match prev {
+                Some(p) if p.status == c.status => p.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            Condition {
+                type_: c.type_.to_owned(),
+                status: c.status.to_owned(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// Per-member facts for one AIService.
+#[derive(Debug, Clone, Default)]
+pub struct PoolReport {
+    /// Replicas the decision wants there.
+    pub desired: u32,
+    /// spec.replicas of the owned Deployment (last observed).
+    pub spec: u32,
+    /// Ready replicas (last observed).
+    pub ready: u32,
+    /// Available replicas (last observed).
+    pub available: u32,
+    /// The Deployment has caught up with its latest template and replica count.
+    pub rolled_out: bool,
+    /// The member cannot be observed now; its counts are the last known ones.
+    pub stale: bool,
+    /// Why the member is not observable, or a conflict there.
+    pub problem: Option<String>,
+}
+
+/// Everything the AIService status is computed from.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFacts {
+    /// The spec's desired replicas.
+    pub desired: u32,
+    /// minReplicas (or desired).
+    pub min_available: u32,
+    /// Per member.
+    pub pools: BTreeMap<String, PoolReport>,
+    /// Replicas the solver could not place (None: no decision yet).
+    pub unplaced: Option<u32>,
+    /// The decision's explanation.
+    pub explanation: Option<Explanation>,
+    /// The decision's $/h.
+    pub cost_per_hour: Option<f64>,
+    /// A spec problem (the object cannot be planned).
+    pub invalid: Option<String>,
+    /// A member object with our name that is not ours, per member.
+    pub conflicts: Vec<String>,
+    /// Writes are still pending (the members have not all received this generation).
+    pub pending_writes: bool,
+    /// Members being failed over (unreachable past the grace period).
+    pub failing_over: Vec<String>,
+}
+
+/// The computed status parts: totals, placements, summary and conditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStatusParts {
+    /// Per member.
+    pub placements: Vec<CloudPlacement>,
+    /// Σ spec replicas.
+    pub replicas: i32,
+    /// Σ ready replicas on members that can be observed now.
+    pub ready: i32,
+    /// Σ available replicas on members that can be observed now.
+    pub available: i32,
+    /// Unplaced replicas.
+    pub unplaced: i32,
+    /// "pool=n,pool=m".
+    pub summary: String,
+    /// The conditions to set.
+    pub conditions: Vec<Cond>,
+    /// Whether the generation is fully realised (observedGeneration may be advanced).
+    pub realised: bool,
+}
+
+fn i(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Computes the AIService's status parts.
+pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
+    let mut placements = Vec::new();
+    let (mut replicas, mut ready, mut available) = (0u32, 0u32, 0u32);
+    let mut summary = Vec::new();
+    for (pool, r) in &f.pools {
+        if r.desired == 0 && r.spec == 0 {
+            continue;
+        }
+        replicas = replicas.saturating_add(r.spec);
+        if !r.stale {
+            ready = ready.saturating_add(r.ready);
+            available = available.saturating_add(r.available);
+        }
+        if r.desired > 0 {
+            summary.push(format!("{pool}={}", r.desired));
+        }
+        placements.push(CloudPlacement {
+            cloud: pool.clone(),
+            desired: i(r.desired),
+            ready: i(r.ready),
+            available: i(r.available),
+            stale: r.stale.then_some(true),
+            last_observed_time: None,
+            reason: if r.stale {
+                Some(reason::MEMBER_STATUS_STALE.to_owned())
+            } else {
+                r.problem.clone().map(|_| "Conflict".to_owned())
+            },
+        });
+    }
+    let stale: Vec<&String> = f
+        .pools
+        .iter()
+        .filter(|(_, r)| r.stale && (r.desired > 0 || r.spec > 0))
+        .map(|(k, _)| k)
+        .collect();
+    let mut conds = Vec::new();
+    let mut stalled: Option<(String, String)> = None;
+    match (&f.invalid, f.unplaced) {
+        (Some(msg), _) => {
+            conds.push(Cond::new(
+                condition::SCHEDULED,
+                false,
+                reason::INVALID_SPEC,
+                msg.clone(),
+            ));
+            stalled = Some((reason::INVALID_SPEC.into(), msg.clone()));
+        }
+        (None, None) => conds.push(Cond {
+            type_: condition::SCHEDULED,
+            status: cstatus::UNKNOWN,
+            reason: "WaitingForSolver".into(),
+            message: "the scheduler has not decided this generation yet".into(),
+        }),
+        (None, Some(0)) => conds.push(Cond::new(
+            condition::SCHEDULED,
+            true,
+            reason::PLACED,
+            format!("all {} replicas placed", f.desired),
+        )),
+        (None, Some(u)) => {
+            let placed = f.desired.saturating_sub(u);
+            let why = if placed == 0 {
+                reason::NO_FEASIBLE_PLACEMENT
+            } else {
+                reason::PARTIALLY_PLACED
+            };
+            let detail = f
+                .explanation
+                .as_ref()
+                .and_then(|e| e.summary.clone())
+                .unwrap_or_default();
+            let msg = format!("{u} of {} replicas fit nowhere. {detail}", f.desired)
+                .trim()
+                .to_owned();
+            conds.push(Cond::new(condition::SCHEDULED, false, why, msg.clone()));
+            stalled = Some((why.into(), msg));
+        }
+    }
+    if let Some(c) = f.conflicts.first() {
+        stalled = Some(("ConflictUnownedObject".into(), c.clone()));
+    }
+    let enough = available >= f.min_available;
+    conds.push(if enough {
+        Cond::new(
+            condition::AVAILABLE,
+            true,
+            reason::MINIMUM_REPLICAS_AVAILABLE,
+            format!(
+                "{available} of {} replicas available (minimum {})",
+                f.desired, f.min_available
+            ),
+        )
+    } else if !stale.is_empty() {
+        Cond::new(
+            condition::AVAILABLE,
+            false,
+            "MemberUnreachable",
+            format!(
+                "{available} replicas available on reachable members; unreachable: {}",
+                join(&stale)
+            ),
+        )
+    } else {
+        Cond::new(
+            condition::AVAILABLE,
+            false,
+            reason::MINIMUM_REPLICAS_UNAVAILABLE,
+            format!(
+                "{available} of {} replicas available (minimum {})",
+                f.desired, f.min_available
+            ),
+        )
+    });
+    let all_rolled = f
+        .pools
+        .values()
+        .filter(|r| r.desired > 0 || r.spec > 0)
+        .all(|r| !r.stale && r.rolled_out && r.spec == r.desired && r.available >= r.desired);
+    let realised = !f.pending_writes && f.invalid.is_none() && f.unplaced.is_some();
+    let is_ready = stalled.is_none()
+        && f.unplaced == Some(0)
+        && realised
+        && all_rolled
+        && available >= f.desired;
+    if is_ready {
+        conds.push(Cond::new(
+            condition::READY,
+            true,
+            reason::RECONCILED,
+            format!(
+                "{available} replicas available as placed: {}",
+                summary.join(", ")
+            ),
+        ));
+        conds.push(Cond::new(
+            condition::RECONCILING,
+            false,
+            reason::RECONCILED,
+            "nothing to do",
+        ));
+        conds.push(Cond::new(
+            condition::STALLED,
+            false,
+            reason::RECONCILED,
+            "progressing normally",
+        ));
+    } else if let Some((why, msg)) = stalled {
+        conds.push(Cond::new(condition::READY, false, &why, msg.clone()));
+        conds.push(Cond::new(
+            condition::RECONCILING,
+            false,
+            &why,
+            "waiting for a change to the spec or to the clouds",
+        ));
+        conds.push(Cond::new(condition::STALLED, true, &why, msg));
+    } else {
+        let (why, msg) = if !f.failing_over.is_empty() {
+            (
+                reason::FAILING_OVER.to_owned(),
+                format!(
+                    "replacing replicas of unreachable members: {}",
+                    f.failing_over.join(", ")
+                ),
+            )
+        } else if !stale.is_empty() {
+            (
+                "MemberUnreachable".to_owned(),
+                format!("waiting for unreachable members: {}", join(&stale)),
+            )
+        } else {
+            (
+                reason::ROLLING_OUT.to_owned(),
+                format!("{available} of {} replicas available", f.desired),
+            )
+        };
+        conds.push(Cond::new(condition::READY, false, &why, msg.clone()));
+        conds.push(Cond::new(condition::RECONCILING, true, &why, msg));
+        conds.push(Cond::new(condition::STALLED, false, &why, "progressing"));
+    }
+    ServiceStatusParts {
+        placements,
+        replicas: i(replicas),
+        ready: i(ready),
+        available: i(available),
+        unplaced: i(f.unplaced.unwrap_or(0)),
+        summary: summary.join(","),
+        conditions: conds,
+        realised,
+    }
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A Quantity for `amount` base units of `resource`.
+pub fn quantity(resource: &str, amount: u64) -> Quantity {
+    if resource == skyloom_solver::units::CPU {
+        if amount % 1000 == 0 {
+            Quantity((amount / 1000).to_string())
+        } else {
+            Quantity(format!("{amount}m"))
+        }
+    } else if skyloom_solver::units::is_byte_resource(resource)
+        && amount % (1 << 30) == 0
+        && amount > 0
+    {
+        Quantity(format!("{}Gi", amount >> 30))
+    } else if skyloom_solver::units::is_byte_resource(resource)
+        && amount % (1 << 20) == 0
+        && amount > 0
+    {
+        Quantity(format!("{}Mi", amount >> 20))
+    } else {
+        Quantity(amount.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(desired: u32, spec: u32, available: u32, stale: bool) -> PoolReport {
+        PoolReport {
+            desired,
+            spec,
+            ready: available,
+            available,
+            rolled_out: true,
+            stale,
+            problem: None,
+        }
+    }
+
+    fn get<'a>(p: &'a ServiceStatusParts, t: &str) -> &'a Cond {
+        p.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn ready_only_when_everything_is_placed_and_available() {
+        let mut f = ServiceFacts {
+            desired: 3,
+            min_available: 3,
+            unplaced: Some(0),
+            ..Default::default()
+        };
+        f.pools.insert("a".into(), pool(2, 2, 2, false));
+        f.pools.insert("b".into(), pool(1, 1, 1, false));
+        let s = service_status(&f);
+        assert_eq!(get(&s, "Ready").status, "True");
+        assert_eq!(s.summary, "a=2,b=1");
+        assert_eq!(s.available, 3);
+        f.pools.insert("b".into(), pool(1, 1, 0, false));
+        let s = service_status(&f);
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Reconciling").status, "True");
+    }
+
+    #[test]
+    fn nothing_placed_is_stalled_not_scheduled() {
+        let f = ServiceFacts {
+            desired: 2,
+            min_available: 2,
+            unplaced: Some(2),
+            ..Default::default()
+        };
+        let s = service_status(&f);
+        assert_eq!(get(&s, "Scheduled").status, "False");
+        assert_eq!(get(&s, "Scheduled").reason, "NoFeasiblePlacement");
+        assert_eq!(get(&s, "Stalled").status, "True");
+        assert_eq!(get(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn stale_members_do_not_count_as_available() {
+        let mut f = ServiceFacts {
+            desired: 2,
+            min_available: 2,
+            unplaced: Some(0),
+            ..Default::default()
+        };
+        f.pools.insert("a".into(), pool(1, 1, 1, false));
+        f.pools.insert("b".into(), pool(1, 1, 1, true));
+        let s = service_status(&f);
+        assert_eq!(s.available, 1);
+        assert_eq!(get(&s, "Available").reason, "MemberUnreachable");
+        assert_eq!(s.placements[1].reason.as_deref(), Some("MemberStatusStale"));
+    }
+
+    #[test]
+    fn transition_times_survive_unchanged_status() {
+        let old = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap());
+        let c = [Cond::new("Ready", true, "Reconciled", "ok")];
+        let first = conditions(&c, &[], Some(1), &old);
+        let second = conditions(&c, &first, Some(2), &now);
+        assert_eq!(second[0].last_transition_time, old);
+        let flipped = conditions(
+            &[Cond::new("Ready", false, "RollingOut", "x")],
+            &second,
+            Some(2),
+            &now,
+        );
+        assert_eq!(flipped[0].last_transition_time, now);
+    }
+
+    #[test]
+    fn quantities_read_back() {
+        assert_eq!(quantity("cpu", 1500).0, "1500m");
+        assert_eq!(quantity("cpu", 4000).0, "4");
+        assert_eq!(quantity("memory", 16 << 30).0, "16Gi");
+        assert_eq!(quantity("nvidia.com/gpu", 3).0, "3");
+    }
+}
