@@ -1,6 +1,8 @@
 //! Shared fixtures for the end-to-end tests: one testbed per test binary, started on first
 //! use and shared by every test in it (the machine has two cores), plus small helpers.
 
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;

@@ -43,14 +43,22 @@ pub struct RunArgs {
     #[arg(long, env = "SKYLOOM_MEMBER_TIMEOUT_SECONDS", default_value_t = 5)]
     pub member_timeout_seconds: u64,
     /// How often every placement is re-optimised even without a change, in seconds (0: never).
-    #[arg(long, env = "SKYLOOM_REOPTIMIZE_INTERVAL_SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "SKYLOOM_REOPTIMIZE_INTERVAL_SECONDS",
+        default_value_t = 300
+    )]
     pub reoptimize_interval_seconds: u64,
     /// Quiet time after a change before the solver runs, in milliseconds (debounce).
     #[arg(long, env = "SKYLOOM_DEBOUNCE_MILLIS", default_value_t = 200)]
     pub debounce_millis: u64,
     /// How long a deleted AIService waits for an unreachable member before giving up its
     /// Deployments there (recorded as orphans), in seconds.
-    #[arg(long, env = "SKYLOOM_ORPHAN_GRACE_PERIOD_SECONDS", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "SKYLOOM_ORPHAN_GRACE_PERIOD_SECONDS",
+        default_value_t = 600
+    )]
     pub orphan_grace_period_seconds: u64,
     /// Solver time limit per decision, in milliseconds.
     #[arg(long, env = "SKYLOOM_SOLVER_TIME_LIMIT_MILLIS", default_value_t = 2000)]

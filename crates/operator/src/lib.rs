@@ -3,9 +3,12 @@
 
 pub mod capacity;
 pub mod config;
+pub mod controller;
+pub mod explain;
 pub mod identity;
 pub mod kubeconfig_guard;
 pub mod members;
+pub mod metrics;
 pub mod quantity;
 pub mod realise;
 pub mod run;

@@ -227,14 +227,12 @@ impl Registry {
                 let out: [u8; 32] = h.finalize().into();
                 out
             });
-            if let Some(existing) = entries.get(&name) {
-                if existing.fingerprint == fingerprint
-                    && (fingerprint.is_some()
-                        || !existing.tasks.is_empty()
-                        || existing.client.is_none())
-                {
-                    continue;
-                }
+            // Same credential content: keep the client and its watches.
+            if entries
+                .get(&name)
+                .is_some_and(|e| e.fingerprint == fingerprint)
+            {
+                continue;
             }
             let since = entries
                 .get(&name)
@@ -296,22 +294,23 @@ impl Registry {
         };
         let view = Arc::new(RwLock::new(MemberView::new(name, since)));
         let (store, writer) = reflector::store();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(probe_loop(
-            name.to_owned(),
-            client.clone(),
-            view.clone(),
-            self.settings.probe_interval,
-            self.notify.clone(),
-        )));
-        tasks.push(tokio::spawn(watch_deployments(
-            name.to_owned(),
-            client.clone(),
-            writer,
-            view.clone(),
-            self.settings.control_plane.clone(),
-            self.notify.clone(),
-        )));
+        let tasks = vec![
+            tokio::spawn(probe_loop(
+                name.to_owned(),
+                client.clone(),
+                view.clone(),
+                self.settings.probe_interval,
+                self.notify.clone(),
+            )),
+            tokio::spawn(watch_deployments(
+                name.to_owned(),
+                client.clone(),
+                writer,
+                view.clone(),
+                self.settings.control_plane.clone(),
+                self.notify.clone(),
+            )),
+        ];
         Entry {
             fingerprint,
             client: Some(client),

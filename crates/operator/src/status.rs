@@ -254,10 +254,12 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             ),
         )
     });
+    // A stale member that is no longer wanted (failed over) holds a surplus to prune later; it
+    // does not keep the service from being Ready.
     let all_rolled = f
         .pools
         .values()
-        .filter(|r| r.desired > 0 || r.spec > 0)
+        .filter(|r| r.desired > 0 || (r.spec > 0 && !r.stale))
         .all(|r| !r.stale && r.rolled_out && r.spec == r.desired && r.available >= r.desired);
     let realised = !f.pending_writes && f.invalid.is_none() && f.unplaced.is_some();
     let is_ready = stalled.is_none()
@@ -339,18 +341,18 @@ fn join(v: &[&String]) -> String {
 /// A Quantity for `amount` base units of `resource`.
 pub fn quantity(resource: &str, amount: u64) -> Quantity {
     if resource == skyloom_solver::units::CPU {
-        if amount % 1000 == 0 {
+        if amount.is_multiple_of(1000) {
             Quantity((amount / 1000).to_string())
         } else {
             Quantity(format!("{amount}m"))
         }
     } else if skyloom_solver::units::is_byte_resource(resource)
-        && amount % (1 << 30) == 0
+        && amount.is_multiple_of(1 << 30)
         && amount > 0
     {
         Quantity(format!("{}Gi", amount >> 30))
     } else if skyloom_solver::units::is_byte_resource(resource)
-        && amount % (1 << 20) == 0
+        && amount.is_multiple_of(1 << 20)
         && amount > 0
     {
         Quantity(format!("{}Mi", amount >> 20))
@@ -428,6 +430,18 @@ mod tests {
         assert_eq!(s.available, 1);
         assert_eq!(get(&s, "Available").reason, "MemberUnreachable");
         assert_eq!(s.placements[1].reason.as_deref(), Some("MemberStatusStale"));
+    }
+
+    #[test]
+    fn a_failed_over_stale_leftover_does_not_block_ready() {
+        let mut f = ServiceFacts { desired: 2, min_available: 2, unplaced: Some(0), ..Default::default() };
+        f.pools.insert("a".into(), pool(2, 2, 2, false));
+        f.pools.insert("b".into(), pool(0, 2, 2, true));
+        let s = service_status(&f);
+        assert_eq!(get(&s, "Ready").status, "True");
+        assert_eq!(s.available, 2, "the leftover's replicas are not counted");
+        f.pools.insert("b".into(), pool(1, 1, 1, true));
+        assert_eq!(get(&service_status(&f), "Ready").status, "False", "a wanted stale member blocks Ready");
     }
 
     #[test]

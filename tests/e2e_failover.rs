@@ -1,0 +1,230 @@
+//! Failover on the testbed: a member cut off for less than the grace period keeps its
+//! replicas and nothing moves; one cut off for longer has its replicas replaced elsewhere,
+//! nothing is deleted while it is unreachable, and when it returns the surplus is removed only
+//! while enough replicas stay available.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use skyloom_api::AIService;
+use skyloom_e2e::operator::{OperatorHandle, pool_for, register_members, test_args};
+use skyloom_e2e::{TestNamespace, eventually, shared};
+use skyloom_testbed::Testbed;
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+
+static ENV: OnceCell<OperatorHandle> = OnceCell::const_new();
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().await;
+    let tb = shared().await;
+    ENV.get_or_init(|| async {
+        register_members(tb, |m| {
+            let price = match m.name() {
+                "aws-us-east-1" => "3.00",
+                "gcp-europe-west4" => "2.50",
+                _ => "2.00",
+            };
+            pool_for(m, price)
+        })
+        .await
+        .expect("members registered");
+        OperatorHandle::start(tb, test_args())
+    })
+    .await;
+    (tb, guard)
+}
+
+fn service(name: &str, replicas: i32, grace_seconds: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "skyloom.io/v1alpha1",
+        "kind": "AIService",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "failover": {"unreachableGracePeriodSeconds": grace_seconds},
+            "template": {"spec": {"containers": [{
+                "name": "server",
+                "image": "registry.example/llm:1.0",
+                "resources": {"requests": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": "1"},
+                              "limits": {"nvidia.com/gpu": "1"}},
+            }]}},
+        },
+    })
+}
+
+/// (spec.replicas, available) of `ns/name` per member, read past the fault proxies.
+async fn observe(tb: &Testbed, ns: &str, name: &str) -> BTreeMap<String, (i32, i32)> {
+    let mut out = BTreeMap::new();
+    for m in tb.members() {
+        let api: Api<Deployment> = Api::namespaced(m.direct_client().await.unwrap(), ns);
+        if let Ok(Some(d)) = api.get_opt(name).await {
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            out.insert(
+                m.name().to_owned(),
+                (d.spec.replicas.unwrap_or(0), available),
+            );
+        }
+    }
+    out
+}
+
+async fn ready(hub: &Client, ns: &str, name: &str) -> bool {
+    let api: Api<AIService> = Api::namespaced(hub.clone(), ns);
+    let Ok(ais) = api.get(name).await else {
+        return false;
+    };
+    ais.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            && s.observed_generation == ais.metadata.generation
+    })
+}
+
+async fn start_service(tb: &Testbed, hub: &Client, ns: &str, doc: serde_json::Value) {
+    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+    Api::<AIService>::namespaced(hub.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the service to be Ready on azure",
+        || async {
+            let placed = observe(tb, ns, &name).await;
+            (ready(hub, ns, &name).await
+                && placed == BTreeMap::from([("azure-eastus".to_owned(), (2, 2))]))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn cleanup(tb: &Testbed, hub: &Client, ns: TestNamespace, name: &str) {
+    Api::<AIService>::namespaced(hub.clone(), &ns.name)
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "member Deployments to go",
+        || async { observe(tb, &ns.name, name).await.is_empty().then_some(()) },
+    )
+    .await
+    .unwrap();
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_shorter_than_the_grace_period_moves_nothing() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "fo-short").await.unwrap();
+    start_service(tb, &hub, &ns.name, service("steady", 2, 30)).await;
+    let azure = tb.member("azure-eastus").unwrap();
+    azure.cut();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let placed = observe(tb, &ns.name, "steady").await;
+        assert_eq!(
+            placed.keys().collect::<Vec<_>>(),
+            vec!["azure-eastus"],
+            "a replica moved during a short cut"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    azure.restore();
+    eventually(Duration::from_secs(30), "Ready again", || async {
+        ready(&hub, &ns.name, "steady").await.then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        observe(tb, &ns.name, "steady").await,
+        BTreeMap::from([("azure-eastus".to_owned(), (2, 2))])
+    );
+    cleanup(tb, &hub, ns, "steady").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "fo-long").await.unwrap();
+    start_service(tb, &hub, &ns.name, service("mover", 2, 3)).await;
+    let azure = tb.member("azure-eastus").unwrap();
+    let cut_at = Instant::now();
+    azure.cut();
+    // Replacements become Available elsewhere; nothing in the cut member is touched.
+    let took = eventually(
+        Duration::from_secs(60),
+        "replacements Available outside azure",
+        || async {
+            let placed = observe(tb, &ns.name, "mover").await;
+            let elsewhere: i32 = placed
+                .iter()
+                .filter(|(k, _)| *k != "azure-eastus")
+                .map(|(_, v)| v.1)
+                .sum();
+            (elsewhere >= 2).then(|| cut_at.elapsed())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        took >= Duration::from_secs(3),
+        "failover before the grace period: {took:?}"
+    );
+    let placed = observe(tb, &ns.name, "mover").await;
+    assert_eq!(
+        placed.get("azure-eastus"),
+        Some(&(2, 2)),
+        "the unreachable member was left alone"
+    );
+    assert!(
+        !placed.contains_key("aws-us-east-1"),
+        "the cheaper healthy member was used: {placed:?}"
+    );
+    // Back: the surplus goes, and at no sampled moment are fewer than 2 replicas available.
+    azure.restore();
+    let settled = eventually(
+        Duration::from_secs(60),
+        "the surplus to be removed",
+        || async {
+            let placed = observe(tb, &ns.name, "mover").await;
+            let available: i32 = placed.values().map(|v| v.1).sum();
+            assert!(
+                available >= 2,
+                "fewer than 2 available after the restore: {placed:?}"
+            );
+            let total: i32 = placed.values().map(|v| v.0).sum();
+            (total == 2 && placed.len() == 1).then_some(placed)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled.values().next().unwrap().1, 2);
+    eventually(
+        Duration::from_secs(30),
+        "Ready after the return",
+        || async { ready(&hub, &ns.name, "mover").await.then_some(()) },
+    )
+    .await
+    .unwrap();
+    cleanup(tb, &hub, ns, "mover").await;
+}

@@ -1,0 +1,162 @@
+//! Running the operator in-process against a testbed, on its own thread and runtime so it
+//! outlives any one test's runtime, and registering the testbed's members as CloudPools.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use skyloom::config::{LogFormat, RunArgs};
+use skyloom_testbed::{Member, Testbed};
+
+/// The operator namespace the tests use.
+pub const OPERATOR_NAMESPACE: &str = "skyloom-system";
+
+/// Flags for an in-process operator with short intervals.
+pub fn test_args() -> RunArgs {
+    RunArgs {
+        namespace: OPERATOR_NAMESPACE.into(),
+        kubeconfig: None,
+        http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        leader_elect: false,
+        lease_name: "skyloom-leader".into(),
+        lease_duration_seconds: 15,
+        probe_interval_seconds: 1,
+        member_timeout_seconds: 2,
+        reoptimize_interval_seconds: 0,
+        debounce_millis: 100,
+        orphan_grace_period_seconds: 30,
+        solver_time_limit_millis: 2000,
+        allow_exec_credentials: false,
+        allow_insecure_members: false,
+        control_plane_id: Some("e2e-control-plane".into()),
+        log_format: LogFormat::Text,
+        log: "warn,skyloom=info".into(),
+    }
+}
+
+/// An operator running on its own thread; dropping it stops the operator.
+pub struct OperatorHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OperatorHandle {
+    /// Starts `skyloom run` logic against the testbed's hub.
+    pub fn start(testbed: &Testbed, args: RunArgs) -> Self {
+        let kubeconfig = testbed.hub().kubeconfig_yaml().to_owned();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = tracing_subscriber_init(&args.log);
+            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let hub = match skyloom_testbed::member::client_from_kubeconfig(
+                    &kubeconfig,
+                    Duration::from_secs(5),
+                    Duration::from_secs(300),
+                )
+                .await
+                {
+                    Ok(c) => c,
+                    Err(e) => panic!("hub client: {e}"),
+                };
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = skyloom::run::run(args, hub, shutdown).await {
+                    panic!("operator failed: {e:#}");
+                }
+            });
+            rt.shutdown_background();
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the operator and waits for it (a crash-stop: no cleanup happens).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for OperatorHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn tracing_subscriber_init(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_test_writer()
+        .try_init()
+}
+
+/// Installs the CRDs and the operator namespace on the hub, and for each member a kubeconfig
+/// Secret and a CloudPool (`pool` renders the CloudPool YAML from the member's name).
+pub async fn register_members(
+    testbed: &Testbed,
+    pool: impl Fn(&Member) -> serde_json::Value,
+) -> anyhow::Result<()> {
+    crate::install_crds(testbed.hub()).await?;
+    let hub = testbed.hub().client().await?;
+    let ssa = PatchParams::apply("skyloom-e2e").force();
+    let ns: Namespace = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}),
+    )?;
+    Api::<Namespace>::all(hub.clone())
+        .patch(OPERATOR_NAMESPACE, &ssa, &Patch::Apply(&ns))
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), OPERATOR_NAMESPACE);
+    let pools: Api<skyloom_api::CloudPool> = Api::all(hub.clone());
+    for m in testbed.members() {
+        let name = format!("{}-kubeconfig", m.name());
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+            "stringData": {"kubeconfig": m.kubeconfig_yaml()},
+        });
+        secrets.patch(&name, &ssa, &Patch::Apply(&secret)).await?;
+        let doc = pool(m);
+        pools.patch(m.name(), &ssa, &Patch::Apply(&doc)).await?;
+    }
+    Ok(())
+}
+
+/// A CloudPool for `member` with the given GPU price (USD per GPU-hour) and no declared
+/// capacity (the member's Nodes decide).
+pub fn pool_for(member: &Member, gpu_price: &str) -> serde_json::Value {
+    let provider = member
+        .name()
+        .split('-')
+        .next()
+        .unwrap_or("onprem")
+        .to_owned();
+    serde_json::json!({
+        "apiVersion": "skyloom.io/v1alpha1",
+        "kind": "CloudPool",
+        "metadata": {"name": member.name(), "labels": {"skyloom.io/provider": provider}},
+        "spec": {
+            "provider": provider,
+            "region": member.spec().region.clone().unwrap_or_else(|| "local".into()),
+            "kubeconfigSecretRef": {"name": format!("{}-kubeconfig", member.name())},
+            "prices": {"cpu": "0.03", "memory": "0.004", "nvidia.com/gpu": gpu_price},
+        }
+    })
+}
