@@ -412,3 +412,136 @@ async fn an_exec_kubeconfig_is_refused_and_its_command_never_runs() {
     ns.delete().await.unwrap();
     let _ = ListParams::default();
 }
+
+/// A kubeconfig for `member` that authenticates with `token` (inline CA, no files).
+fn token_kubeconfig(member: &skyloom_testbed::Member, token: &str) -> String {
+    let admin: serde_json::Value = serde_json::from_str(member.kubeconfig_yaml()).unwrap();
+    let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .unwrap();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "m", "cluster": {"server": member.server_url(), "certificate-authority-data": ca}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "m", "context": {"cluster": "m", "user": "u"}}],
+        "current-context": "m",
+    })
+    .to_string()
+}
+
+async fn set_kubeconfig(hub: &Client, pool: &str, kubeconfig: &str) {
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), OPERATOR_NAMESPACE);
+    let name = format!("{pool}-kubeconfig");
+    secrets
+        .patch(&name, &PatchParams::apply("skyloom-e2e").force(), &Patch::Apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"kubeconfig": kubeconfig}
+        })))
+        .await
+        .unwrap();
+}
+
+async fn pool_ready(hub: &Client, pool: &str) -> Option<(String, String)> {
+    let p = Api::<CloudPool>::all(hub.clone()).get(pool).await.ok()?;
+    p.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status, c.reason))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_is_unauthorized_not_empty_and_a_rotated_one_is_picked_up() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let azure = tb.member("azure-eastus").unwrap();
+    let ns = TestNamespace::create(&hub, "op-rotate").await.unwrap();
+    apply_service(&hub, &ns.name, &service("rot", 2, 1)).await;
+    wait_ready(&hub, &ns.name, "rot").await;
+    let deploy_uid = Api::<Deployment>::namespaced(azure.direct_client().await.unwrap(), &ns.name)
+        .get("rot")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    // A token the member does not accept: Unauthorized, and nothing there is deleted.
+    set_kubeconfig(
+        &hub,
+        "azure-eastus",
+        &token_kubeconfig(azure, "not-a-valid-token"),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "azure to be Unauthorized",
+        || async {
+            (pool_ready(&hub, "azure-eastus").await? == ("False".into(), "Unauthorized".into()))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = Api::<Deployment>::namespaced(azure.direct_client().await.unwrap(), &ns.name)
+        .get("rot")
+        .await
+        .unwrap();
+    assert_eq!(
+        still.metadata.uid, deploy_uid,
+        "the Deployment was recreated or deleted"
+    );
+    assert_eq!(still.spec.replicas, Some(2));
+
+    // A valid ServiceAccount token, written into the same Secret key: picked up, no restart.
+    let (ok, _, err) = skyloom_e2e::run_kubectl(
+        azure,
+        &[
+            "create",
+            "serviceaccount",
+            "skyloom-rotated",
+            "-n",
+            "default",
+        ],
+    );
+    assert!(ok || err.contains("AlreadyExists"), "{err}");
+    let (ok, _, err) = skyloom_e2e::run_kubectl(
+        azure,
+        &[
+            "create",
+            "clusterrolebinding",
+            "skyloom-rotated",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=default:skyloom-rotated",
+        ],
+    );
+    assert!(ok || err.contains("AlreadyExists"), "{err}");
+    let (ok, token, err) = skyloom_e2e::run_kubectl(
+        azure,
+        &[
+            "create",
+            "token",
+            "skyloom-rotated",
+            "-n",
+            "default",
+            "--duration=1h",
+        ],
+    );
+    assert!(ok, "{err}");
+    set_kubeconfig(&hub, "azure-eastus", &token_kubeconfig(azure, token.trim())).await;
+    eventually(
+        Duration::from_secs(30),
+        "azure to be Ready with the rotated token",
+        || async { (pool_ready(&hub, "azure-eastus").await?.0 == "True").then_some(()) },
+    )
+    .await
+    .unwrap();
+    wait_ready(&hub, &ns.name, "rot").await;
+    assert_eq!(
+        member_replicas(tb, &ns.name, "rot").await,
+        BTreeMap::from([("azure-eastus".to_owned(), 2)])
+    );
+
+    set_kubeconfig(&hub, "azure-eastus", azure.kubeconfig_yaml()).await;
+    delete_and_wait_gone(tb, &hub, &ns.name, "rot").await;
+    ns.delete().await.unwrap();
+}

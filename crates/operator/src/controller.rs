@@ -148,9 +148,14 @@ pub struct Context {
     pub schedule: tokio::sync::Notify,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// When each member was last seen Ready then lost, per pool, with the grace reference.
-    first_decision_done: std::sync::atomic::AtomicBool,
+    /// When the control loops were set up (for the startup grace).
+    started: Instant,
+    /// The scheduler must look again soon (it deferred a decision).
+    schedule_soon: std::sync::atomic::AtomicBool,
 }
+
+/// How long the first decisions wait for every member's Deployments to be listed.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(30);
 
 impl Context {
     /// A context over started reflectors.
@@ -172,7 +177,8 @@ impl Context {
             queue: WorkQueue::default(),
             schedule: tokio::sync::Notify::new(),
             metrics,
-            first_decision_done: std::sync::atomic::AtomicBool::new(false),
+            started: Instant::now(),
+            schedule_soon: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -213,8 +219,6 @@ pub async fn scheduler(ctx: Arc<Context>) {
         match decide(&ctx).await {
             Ok(changed) => {
                 ctx.metrics.observe_solve(start.elapsed(), true);
-                ctx.first_decision_done
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 for key in changed {
                     ctx.queue.push(key);
                 }
@@ -230,6 +234,12 @@ pub async fn scheduler(ctx: Arc<Context>) {
 /// The next time something must be decided without an event: the end of a member's grace
 /// period for some service, or the periodic re-optimisation.
 fn next_wake(ctx: &Context) -> Duration {
+    if ctx
+        .schedule_soon
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Duration::from_millis(500);
+    }
     let mut wake = ctx.settings.reoptimize.unwrap_or(Duration::from_secs(3600));
     let views = ctx.registry.views();
     for ais in ctx.services.state() {
@@ -250,6 +260,23 @@ fn next_wake(ctx: &Context) -> Duration {
 /// changed.
 async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
     let views = ctx.registry.views();
+    // Right after start, a member whose Deployments have not been listed yet is unknown, not
+    // empty: deciding now could place its replicas a second time elsewhere. Wait for every
+    // member to be listed, at most for the startup grace period.
+    let unknown: Vec<&String> = views
+        .iter()
+        .filter(|(_, v)| !v.synced)
+        .map(|(k, _)| k)
+        .collect();
+    if !unknown.is_empty() && ctx.started.elapsed() < STARTUP_GRACE {
+        tracing::debug!(
+            ?unknown,
+            "waiting for members to be listed before the first decisions"
+        );
+        ctx.schedule_soon
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        return Ok(Vec::new());
+    }
     let mut clouds = Vec::new();
     let mut invalid_pools = BTreeSet::new();
     for pool in ctx.pools.state() {

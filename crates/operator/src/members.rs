@@ -130,7 +130,21 @@ struct Entry {
     client: Option<Client>,
     view: Arc<RwLock<MemberView>>,
     deployments: Option<Store<Deployment>>,
+    /// What the previous entry had observed, used until this entry's watch has listed: a new
+    /// credential must not make a member look empty.
+    inherited: Vec<Arc<Deployment>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Entry {
+    /// The owned Deployments as last observed: the watch's store once it has listed, the
+    /// previous entry's knowledge before that.
+    fn observed(&self) -> Vec<Arc<Deployment>> {
+        match &self.deployments {
+            Some(store) if read(&self.view).synced => store.state(),
+            _ => self.inherited.clone(),
+        }
+    }
 }
 
 impl Drop for Entry {
@@ -237,6 +251,7 @@ impl Registry {
             let since = entries
                 .get(&name)
                 .and_then(|e| read(&e.view).not_ready_since);
+            let inherited = entries.get(&name).map(Entry::observed).unwrap_or_default();
             let entry = match bytes {
                 None => {
                     let view = MemberView {
@@ -251,10 +266,11 @@ impl Registry {
                         client: None,
                         view: Arc::new(RwLock::new(view)),
                         deployments: None,
+                        inherited,
                         tasks: Vec::new(),
                     }
                 }
-                Some(bytes) => self.start_entry(&name, &bytes, fingerprint, since),
+                Some(bytes) => self.start_entry(&name, &bytes, fingerprint, since, inherited),
             };
             entries.insert(name.clone(), entry);
             (self.notify)(MemberEvent::Member(name));
@@ -267,6 +283,7 @@ impl Registry {
         bytes: &[u8],
         fingerprint: Option<[u8; 32]>,
         since: Option<Instant>,
+        inherited: Vec<Arc<Deployment>>,
     ) -> Entry {
         let rejected = |why: String| {
             let view = MemberView {
@@ -278,6 +295,7 @@ impl Registry {
                 client: None,
                 view: Arc::new(RwLock::new(view)),
                 deployments: None,
+                inherited: inherited.clone(),
                 tasks: Vec::new(),
             }
         };
@@ -316,6 +334,7 @@ impl Registry {
             client: Some(client),
             view,
             deployments: Some(store),
+            inherited,
             tasks,
         }
     }
@@ -341,11 +360,11 @@ impl Registry {
     /// The owned Deployments last observed in `pool` for the AIService `namespace/name`.
     pub fn deployments_of(&self, pool: &str, namespace: &str, name: &str) -> Vec<Arc<Deployment>> {
         let entries = read(&self.entries);
-        let Some(store) = entries.get(pool).and_then(|e| e.deployments.as_ref()) else {
+        let Some(entry) = entries.get(pool) else {
             return Vec::new();
         };
-        store
-            .state()
+        entry
+            .observed()
             .into_iter()
             .filter(|d| {
                 owner_of(&d.metadata, &self.settings.control_plane)
@@ -358,15 +377,7 @@ impl Registry {
     pub fn all_deployments(&self) -> BTreeMap<String, Vec<Arc<Deployment>>> {
         read(&self.entries)
             .iter()
-            .map(|(k, e)| {
-                (
-                    k.clone(),
-                    e.deployments
-                        .as_ref()
-                        .map(|s| s.state())
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|(k, e)| (k.clone(), e.observed()))
             .collect()
     }
 

@@ -434,14 +434,23 @@ mod tests {
 
     #[test]
     fn a_failed_over_stale_leftover_does_not_block_ready() {
-        let mut f = ServiceFacts { desired: 2, min_available: 2, unplaced: Some(0), ..Default::default() };
+        let mut f = ServiceFacts {
+            desired: 2,
+            min_available: 2,
+            unplaced: Some(0),
+            ..Default::default()
+        };
         f.pools.insert("a".into(), pool(2, 2, 2, false));
         f.pools.insert("b".into(), pool(0, 2, 2, true));
         let s = service_status(&f);
         assert_eq!(get(&s, "Ready").status, "True");
         assert_eq!(s.available, 2, "the leftover's replicas are not counted");
         f.pools.insert("b".into(), pool(1, 1, 1, true));
-        assert_eq!(get(&service_status(&f), "Ready").status, "False", "a wanted stale member blocks Ready");
+        assert_eq!(
+            get(&service_status(&f), "Ready").status,
+            "False",
+            "a wanted stale member blocks Ready"
+        );
     }
 
     #[test]
