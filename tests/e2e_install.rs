@@ -1077,6 +1077,12 @@ async fn join_registers_a_member_with_least_privilege_and_unjoin_removes_it() {
             "{forbidden} in the generated kubeconfig"
         );
     }
+    // The operator accepts it under its strict default policy.
+    skyloom::kubeconfig_guard::check(
+        &kubeconfig_text,
+        skyloom::kubeconfig_guard::GuardPolicy::default(),
+    )
+    .unwrap();
     // The token is never printed.
     let token_line = kubeconfig_text
         .lines()

@@ -24,6 +24,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use skyloom::kubeconfig_guard::GuardPolicy;
 use skyloom_api::CloudPool;
 
 use self::kubeconfig::MemberEndpoint;
@@ -338,6 +339,13 @@ async fn join_async(args: JoinArgs) -> anyhow::Result<()> {
     verify_member_token(&endpoint, &pool, &ca_data, &token, &cluster).await?;
 
     let rendered = kubeconfig::render(&pool, &endpoint, &ca_data, &token);
+    // Never store what the operator would refuse with its default (strict) policy.
+    skyloom::kubeconfig_guard::check(&rendered, GuardPolicy::default()).map_err(|e| {
+        anyhow!(
+            "the generated kubeconfig for {} would be refused by the operator: {e}",
+            endpoint.server
+        )
+    })?;
     let secret = manifests::hub_secret(&request, &rendered);
     progress(format!(
         "hub: writing Secret {}/{} and CloudPool {pool}",

@@ -211,5 +211,8 @@ mod tests {
         assert!(user.token.is_some());
         assert!(user.exec.is_none() && user.token_file.is_none());
         assert_eq!(parsed.current_context.as_deref(), Some("aws"));
+        // What join writes is what the operator accepts under its strict default policy.
+        let policy = skyloom::kubeconfig_guard::GuardPolicy::default();
+        assert!(skyloom::kubeconfig_guard::check(&text, policy).is_ok());
     }
 }
