@@ -1,0 +1,312 @@
+//! The solve: decompose, build candidates, improve, search exactly where small, bound, and
+//! explain.
+
+use std::time::{Duration, Instant};
+
+use crate::decompose::groups;
+use crate::error::SolveError;
+use crate::exact::{self, ExactLimits};
+use crate::explain;
+use crate::greedy::{Guide, construct, fill, proportional_split};
+use crate::improve::improve;
+use crate::lagrange;
+use crate::model::Model;
+use crate::plan::{Plan, SolveStatus};
+use crate::snapshot::Snapshot;
+use crate::state::{Score, State};
+
+/// Limits and effort of a solve. The defaults suit the controller and `skyloom plan`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SolveOptions {
+    /// Wall-clock budget. Heuristic stages always run (they are bounded by iteration
+    /// counts, not by the clock); only exact search and further local search stop at the
+    /// limit, and the status then says `timeLimited`.
+    pub time_limit: Duration,
+    /// Largest group (in integer variables) searched exactly.
+    pub exact_max_vars: usize,
+    /// Branch-and-bound nodes per stage of the exact search (a deterministic limit).
+    pub exact_nodes_per_stage: u64,
+    /// Local search passes per candidate.
+    pub search_passes: usize,
+    /// Subgradient iterations of the Lagrangian bound.
+    pub bound_iterations: usize,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            time_limit: Duration::from_secs(5),
+            exact_max_vars: 120,
+            exact_nodes_per_stage: 2_000,
+            search_passes: 12,
+            bound_iterations: 400,
+        }
+    }
+}
+
+/// How one group was solved.
+#[derive(Clone, Copy, Debug, Default)]
+struct GroupOutcome {
+    proven: bool,
+    time_limited: bool,
+}
+
+/// Solves a snapshot.
+///
+/// # Errors
+/// [`SolveError`] when a cost or value does not fit the engine's integer arithmetic.
+pub fn solve(snapshot: &Snapshot, options: &SolveOptions) -> Result<Plan, SolveError> {
+    let deadline = Instant::now().checked_add(options.time_limit);
+    let model = Model::build(snapshot)?;
+    let mut state = State::new(&model);
+    let mut proven = true;
+    let mut time_limited = false;
+    for group in groups(&model) {
+        let outcome = solve_group(&model, &mut state, &group, options, deadline);
+        proven &= outcome.proven;
+        time_limited |= outcome.time_limited;
+    }
+    let all: Vec<usize> = (0..model.services.len()).collect();
+    let counts: Vec<u32> = state.evals.iter().map(|e| e.placed).collect();
+    let value: i128 = state.evals.iter().map(|e| e.value).sum();
+    let bound = lagrange::bound(
+        &model,
+        &all,
+        &counts,
+        value as f64,
+        options.bound_iterations,
+        1e-9,
+    );
+    let status = status(&model, &state, proven, time_limited, value, bound.bound);
+    Ok(explain::plan(&model, &state, status, &bound))
+}
+
+fn status(
+    model: &Model,
+    state: &State,
+    proven: bool,
+    time_limited: bool,
+    value: i128,
+    bound: f64,
+) -> SolveStatus {
+    let score = state.score(model, &(0..model.services.len()).collect::<Vec<_>>());
+    let placement_proven = proven || score.penalties.iter().all(|&p| p == 0);
+    let value = value as f64;
+    let gap = if proven {
+        0.0
+    } else {
+        ((value - bound) / value.abs().max(bound.abs()).max(1.0)).max(0.0)
+    };
+    let closed = gap <= 1e-9 && score.moves == 0 && score.reserve == 0;
+    if proven || (placement_proven && closed && !time_limited) {
+        SolveStatus::Optimal
+    } else {
+        SolveStatus::Feasible {
+            gap: (gap * 1e6).round() / 1e6,
+            bound: explain::usd(bound.round() as i128),
+            placement_proven,
+            time_limited,
+        }
+    }
+}
+
+/// Rows of a group's services: (running, reserve) per service.
+type Rows = Vec<(Vec<u32>, Vec<u32>)>;
+
+fn extract(state: &State, group: &[usize]) -> Rows {
+    group
+        .iter()
+        .map(|&j| (state.row(j).to_vec(), state.reserve_row(j).to_vec()))
+        .collect()
+}
+
+fn restore(model: &Model, state: &mut State, group: &[usize], rows: &Rows) {
+    for (&j, (x, r)) in group.iter().zip(rows) {
+        state.set_rows(model, j, x, r);
+    }
+}
+
+fn clear(model: &Model, state: &mut State, group: &[usize]) {
+    for &j in group {
+        state.clear(model, j);
+    }
+}
+
+fn is_simple(model: &Model, j: usize) -> bool {
+    let s = &model.services[j];
+    s.survive_target == 0 && s.min_clouds <= 1
+}
+
+fn solve_group(
+    model: &Model,
+    state: &mut State,
+    group: &[usize],
+    options: &SolveOptions,
+    deadline: Option<Instant>,
+) -> GroupOutcome {
+    let none = Guide::none(model);
+    let mut outcome = GroupOutcome::default();
+    if group.len() == 1 && is_simple(model, group[0]) {
+        // A lone service without spread rules: each replica independently takes the best
+        // cloud with room (staying where it runs when the move would not pay), which is
+        // optimal.
+        clear(model, state, group);
+        construct(model, state, &none, group);
+        outcome.proven = true;
+        return outcome;
+    }
+    // Candidate 1: keep what runs now (within the new caps and capacity), fill, improve.
+    warm_start(model, state, group);
+    construct(model, state, &none, group);
+    let has_current = group
+        .iter()
+        .any(|&j| model.services[j].current.iter().any(|&c| c > 0));
+    if has_current {
+        outcome.time_limited |=
+            improve(model, state, &none, group, options.search_passes, deadline);
+    }
+    let mut best = extract(state, group);
+    let mut best_score = state.score(model, group);
+    let consider = |state: &mut State, best: &mut Rows, best_score: &mut Score| {
+        let score = state.score(model, group);
+        if score.compare(best_score).is_lt() {
+            *best = extract(state, group);
+            *best_score = score;
+        }
+    };
+
+    // Candidate 2: LP-style rounding. The placement relaxation (volume algorithm) gives a
+    // fractional placement and capacity prices; place its integer part, then what it would
+    // place at those prices, then whatever still fits; improve.
+    let bonus = lagrange::tier_bonus(model, group);
+    let known = lagrange::placement_objective(model, group, |j, i| state.x(j, i), &bonus);
+    let relaxation = lagrange::placement_relaxation(model, group, known, options.bound_iterations);
+    let mut guide = Guide {
+        prices: relaxation.prices,
+        cutoff: Some(relaxation.bonus),
+    };
+    clear(model, state, group);
+    round_fractional(model, state, group, &relaxation.fractional);
+    construct(model, state, &guide, group);
+    guide.cutoff = None;
+    construct(model, state, &guide, group);
+    outcome.time_limited |= improve(model, state, &guide, group, options.search_passes, deadline);
+    consider(state, &mut best, &mut best_score);
+
+    // Candidate 3: the federators' proportional split, completed, so that the answer is
+    // never worse than that baseline; improved only when it leads.
+    clear(model, state, group);
+    proportional_split(model, state, group);
+    for &j in group {
+        fill(model, state, &none, j);
+    }
+    if state.score(model, group).compare(&best_score).is_lt() {
+        outcome.time_limited |=
+            improve(model, state, &none, group, options.search_passes, deadline);
+    }
+    consider(state, &mut best, &mut best_score);
+    clear(model, state, group);
+    restore(model, state, group, &best);
+
+    // Exact search where the group is small.
+    if exact::size(model, group) <= options.exact_max_vars
+        && deadline.is_none_or(|d| Instant::now() < d)
+    {
+        let limits = ExactLimits {
+            nodes_per_stage: options.exact_nodes_per_stage,
+            deadline,
+        };
+        if let Some(result) = exact::solve(model, state, group, limits) {
+            outcome.time_limited |= result.time_limited;
+            let rows: Rows = result.x.into_iter().zip(result.r).collect();
+            clear(model, state, group);
+            restore(model, state, group, &rows);
+            let score = state.score(model, group);
+            if is_feasible(model, state, group) && score.compare(&best_score).is_le() {
+                best = rows;
+            }
+            outcome.proven = result.proven;
+            clear(model, state, group);
+            restore(model, state, group, &best);
+        }
+    }
+    outcome
+}
+
+/// Whether the group's placement respects capacity and per-cloud caps (the exact search's
+/// rounded answer is checked before it is trusted).
+fn is_feasible(model: &Model, state: &State, group: &[usize]) -> bool {
+    let n = model.cloud_count();
+    (0..n).all(|i| state.within_capacity(model, i))
+        && group.iter().all(|&j| {
+            let s = &model.services[j];
+            state.row(j).iter().sum::<u32>() <= s.desired
+                && (0..n).all(|i| {
+                    state.x(j, i) <= s.cap[i]
+                        && state.x(j, i) + state.r(j, i) <= s.cap[i].max(s.hold_cap[i])
+                        && (state.r(j, i) == 0 || s.admission[i].is_open())
+                })
+        })
+}
+
+/// Places what runs now, within caps; then, where a cloud is over capacity, removes
+/// replicas (lowest priority first, then dearest) until it fits.
+fn warm_start(model: &Model, state: &mut State, group: &[usize]) {
+    clear(model, state, group);
+    let n = model.cloud_count();
+    for &j in group {
+        let s = &model.services[j];
+        let mut left = s.desired;
+        for i in 0..n {
+            let keep = s.current[i].min(s.cap[i]).min(left);
+            if keep > 0 {
+                state.change(model, j, i, i64::from(keep), 0);
+                left -= keep;
+            }
+        }
+    }
+    for i in 0..n {
+        if state.within_capacity(model, i) {
+            continue;
+        }
+        let mut order: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&j| state.x(j, i) > 0)
+            .collect();
+        order.sort_by(|&a, &b| {
+            let (sa, sb) = (&model.services[a], &model.services[b]);
+            sb.tier
+                .cmp(&sa.tier)
+                .then(sb.value[i].cmp(&sa.value[i]))
+                .then(a.cmp(&b))
+        });
+        for j in order {
+            while state.x(j, i) > 0 && !state.within_capacity(model, i) {
+                state.change(model, j, i, -1, 0);
+            }
+        }
+    }
+    for &j in group {
+        state.reeval(model, j);
+    }
+}
+
+/// Places the integer part of a fractional placement, services in fill order, as far as
+/// capacity allows.
+fn round_fractional(model: &Model, state: &mut State, group: &[usize], fractional: &[f64]) {
+    let n = model.cloud_count();
+    for j in crate::greedy::fill_order(model, group) {
+        let s = &model.services[j];
+        let mut left = s.desired;
+        for i in 0..n {
+            let want = (fractional[j * n + i] + 1e-6).floor().max(0.0) as u32;
+            let units = want.min(s.cap[i]).min(left).min(state.room(model, j, i));
+            if units > 0 {
+                state.change(model, j, i, i64::from(units), 0);
+                left -= units;
+            }
+        }
+        state.reeval(model, j);
+    }
+}
