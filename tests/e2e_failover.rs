@@ -228,3 +228,52 @@ async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
     .unwrap();
     cleanup(tb, &hub, ns, "mover").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_never_fails_over() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "fo-hold").await.unwrap();
+    let mut doc = service("singleton", 2, 2);
+    doc["spec"]["failover"]["mode"] = serde_json::json!("Hold");
+    start_service(tb, &hub, &ns.name, doc).await;
+    let azure = tb.member("azure-eastus").unwrap();
+    azure.cut();
+    let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
+    // Well past the grace period: nothing anywhere else, and the service says why.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let placed = observe(tb, &ns.name, "singleton").await;
+        assert_eq!(
+            placed.keys().collect::<Vec<_>>(),
+            vec!["azure-eastus"],
+            "Hold mode failed over"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let available = api
+        .get("singleton")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("False", "MemberUnreachable")
+    );
+    azure.restore();
+    eventually(Duration::from_secs(30), "Ready again", || async {
+        ready(&hub, &ns.name, "singleton").await.then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        observe(tb, &ns.name, "singleton").await,
+        BTreeMap::from([("azure-eastus".to_owned(), (2, 2))])
+    );
+    cleanup(tb, &hub, ns, "singleton").await;
+}

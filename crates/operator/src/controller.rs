@@ -11,9 +11,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use skyloom_api::aiservice::FailoverMode;
@@ -148,6 +149,8 @@ pub struct Context {
     pub schedule: tokio::sync::Notify,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Publishes Events on state changes.
+    pub recorder: Recorder,
     /// When the control loops were set up (for the startup grace).
     started: Instant,
     /// The scheduler must look again soon (it deferred a decision).
@@ -167,6 +170,13 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            recorder: Recorder::new(
+                hub.clone(),
+                Reporter {
+                    controller: "skyloom".into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
             hub,
             settings,
             registry,
@@ -219,6 +229,7 @@ pub async fn scheduler(ctx: Arc<Context>) {
         match decide(&ctx).await {
             Ok(changed) => {
                 ctx.metrics.observe_solve(start.elapsed(), true);
+                sweep_orphans(&ctx).await;
                 for key in changed {
                     ctx.queue.push(key);
                 }
@@ -226,6 +237,35 @@ pub async fn scheduler(ctx: Arc<Context>) {
             Err(e) => {
                 ctx.metrics.observe_solve(start.elapsed(), false);
                 tracing::error!("placement failed, keeping the previous decisions: {e}");
+            }
+        }
+    }
+}
+
+/// Deletes owned Deployments, in members that can be observed, whose AIService no longer
+/// exists on the hub (its finalizer was removed by hand, or it went while nobody watched).
+/// Re-derived from what is observed each time, never replayed from memory.
+async fn sweep_orphans(ctx: &Context) {
+    let views = ctx.registry.views();
+    for (pool, deployments) in ctx.registry.all_deployments() {
+        if !views.get(&pool).is_some_and(|v| v.observable()) {
+            continue;
+        }
+        for d in deployments {
+            let Some((ns, name)) = identity::owner_of(&d.metadata, ctx.registry.control_plane())
+            else {
+                continue;
+            };
+            if ctx
+                .services
+                .get(&ObjectRef::new(&name).within(&ns))
+                .is_some()
+            {
+                continue;
+            }
+            tracing::warn!(service = %format!("{ns}/{name}"), pool = %pool, "pruning an orphaned member Deployment: its AIService is gone");
+            if let Err(e) = delete_deployment(ctx, &pool, &(ns, name)).await {
+                tracing::warn!("pruning failed, will retry: {e}");
             }
         }
     }
@@ -354,6 +394,11 @@ async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
             .and_then(|v| v.get("gapPercent").and_then(|g| g.as_f64())),
     };
     ctx.metrics.set_plan(&plan);
+    ctx.metrics.set_solver(
+        plan.objective.value,
+        gap.unwrap_or(0.0) / 100.0,
+        plan.totals.moves,
+    );
     let generations: BTreeMap<Key, Option<i64>> = ctx
         .services
         .state()
@@ -396,6 +441,15 @@ async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
         );
     }
     let mut decisions = ctx.decisions.write().unwrap_or_else(|p| p.into_inner());
+    for (key, d) in &next {
+        let before = decisions
+            .get(key)
+            .map(|p| p.failing_over.clone())
+            .unwrap_or_default();
+        for pool in d.failing_over.iter().filter(|p| !before.contains(p)) {
+            ctx.metrics.count_failover(pool);
+        }
+    }
     let changed: Vec<Key> = next
         .iter()
         .filter(|(k, d)| decisions.get(*k) != Some(*d))
@@ -601,7 +655,7 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<Option<Duration>, Reconci
         .conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    write_service_status(&ais, &api, &facts, parts, decision.as_ref()).await?;
+    write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
     Ok((!converged).then_some(Duration::from_secs(10)))
 }
 
@@ -798,6 +852,7 @@ async fn finalize(
 }
 
 async fn write_service_status(
+    ctx: &Context,
     ais: &AIService,
     api: &Api<AIService>,
     facts: &ServiceFacts,
@@ -839,6 +894,13 @@ async fn write_service_status(
     if ais.status.as_ref() == Some(&comparable) {
         return Ok(());
     }
+    publish_transitions(
+        ctx,
+        &ais.object_ref(&()),
+        &previous.conditions,
+        &st.conditions,
+    )
+    .await;
     let patch = json!({"apiVersion": "skyloom.io/v1alpha1", "kind": "AIService", "status": st});
     api.patch_status(
         &name,
@@ -848,6 +910,52 @@ async fn write_service_status(
     .await
     .map_err(ReconcileError::Hub)?;
     Ok(())
+}
+
+/// Publishes one Event per condition (Ready, Scheduled, Stalled, Available) whose status
+/// changed: events on state changes only, never on every reconcile.
+async fn publish_transitions(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    const NOTEWORTHY: [&str; 5] = ["Ready", "Scheduled", "Stalled", "Available", "Reachable"];
+    for c in after
+        .iter()
+        .filter(|c| NOTEWORTHY.contains(&c.type_.as_str()))
+    {
+        let old = before.iter().find(|p| p.type_ == c.type_);
+        if old.is_some_and(|o| o.status == c.status && o.reason == c.reason) {
+            continue;
+        }
+        if old.is_none() && c.status == "Unknown" {
+            continue;
+        }
+        let bad = matches!(
+            (c.type_.as_str(), c.status.as_str()),
+            ("Stalled", "True") | ("Ready" | "Scheduled" | "Available" | "Reachable", "False")
+        );
+        let event = KubeEvent {
+            type_: if bad {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(
+                format!("{}={}: {}", c.type_, c.status, c.message)
+                    .chars()
+                    .take(1000)
+                    .collect(),
+            ),
+            action: format!("Set{}", c.type_),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, object).await {
+            tracing::debug!("event not published: {e}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -997,6 +1105,13 @@ async fn write_pool_status(
         .last_probe
         .map(|t| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(now.0)));
     last_written.insert(name.clone(), Instant::now());
+    publish_transitions(
+        ctx,
+        &pool.object_ref(&()),
+        &previous.conditions,
+        &st.conditions,
+    )
+    .await;
     let api: Api<CloudPool> = Api::all(ctx.hub.clone());
     let patch = json!({"apiVersion": "skyloom.io/v1alpha1", "kind": "CloudPool", "status": st});
     api.patch_status(

@@ -174,6 +174,7 @@ pub struct RegistrySettings {
 pub struct Registry {
     settings: RegistrySettings,
     notify: Notify,
+    metrics: Arc<crate::metrics::Metrics>,
     entries: RwLock<BTreeMap<String, Entry>>,
 }
 
@@ -195,10 +196,15 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Registry {
     /// An empty registry.
-    pub fn new(settings: RegistrySettings, notify: Notify) -> Self {
+    pub fn new(
+        settings: RegistrySettings,
+        notify: Notify,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             settings,
             notify,
+            metrics,
             entries: RwLock::new(BTreeMap::new()),
         }
     }
@@ -319,6 +325,7 @@ impl Registry {
                 view.clone(),
                 self.settings.probe_interval,
                 self.notify.clone(),
+                self.metrics.clone(),
             )),
             tokio::spawn(watch_deployments(
                 name.to_owned(),
@@ -466,8 +473,10 @@ async fn probe_loop(
     view: Arc<RwLock<MemberView>>,
     interval: Duration,
     notify: Notify,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     loop {
+        let started = Instant::now();
         let result = tokio::time::timeout(
             interval.max(Duration::from_secs(5)) * 2,
             probe_once(&client),
@@ -499,6 +508,8 @@ async fn probe_loop(
                     v.not_ready_since.get_or_insert_with(Instant::now);
                 }
             }
+            metrics.observe_probe(&pool, started.elapsed());
+            metrics.set_member_ready(&pool, v.health == Health::Ready);
             before != (v.health.clone(), v.capacity.clone())
         };
         if changed {

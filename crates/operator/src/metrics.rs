@@ -26,6 +26,11 @@ pub struct Metrics {
     cost: Family<Labels, Gauge<f64, AtomicU64>>,
     unplaced: Gauge,
     member_ready: Family<Labels, Gauge>,
+    member_probe_seconds: Family<Labels, Histogram>,
+    failovers: Family<Labels, Counter>,
+    moves: Counter,
+    solver_value: Gauge<f64, AtomicU64>,
+    solver_gap: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -52,6 +57,12 @@ impl Default for Metrics {
         let cost = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let unplaced = Gauge::default();
         let member_ready = Family::<Labels, Gauge>::default();
+        let member_probe_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let failovers = Family::<Labels, Counter>::default();
+        let moves = Counter::default();
+        let solver_value = Gauge::<f64, AtomicU64>::default();
+        let solver_gap = Gauge::<f64, AtomicU64>::default();
         registry.register("reconciles", "Reconciles by controller", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -106,6 +117,11 @@ impl Default for Metrics {
             cost,
             unplaced,
             member_ready,
+            member_probe_seconds,
+            failovers,
+            moves,
+            solver_value,
+            solver_gap,
         }
     }
 }
@@ -162,6 +178,27 @@ impl Metrics {
                 .get_or_create(&labels(&[("cloud", &c.name)]))
                 .set(c.cost_per_hour);
         }
+    }
+
+    /// Records a member probe.
+    pub fn observe_probe(&self, pool: &str, took: Duration) {
+        self.member_probe_seconds
+            .get_or_create(&labels(&[("cloud", pool)]))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failover away from `pool`.
+    pub fn count_failover(&self, pool: &str) {
+        self.failovers
+            .get_or_create(&labels(&[("cloud", pool)]))
+            .inc();
+    }
+
+    /// Publishes the solver's objective value, its gap (a ratio, 0 when optimal) and moves.
+    pub fn set_solver(&self, objective: f64, gap_ratio: f64, moves: u64) {
+        self.solver_value.set(objective);
+        self.solver_gap.set(gap_ratio);
+        self.moves.inc_by(moves);
     }
 
     /// Publishes member health.

@@ -129,6 +129,7 @@ pub async fn run(
                 ctx.on_member_event(event);
             }
         }),
+        metrics.clone(),
     ));
     let svc_cell = ctx_cell.clone();
     let pool_cell = ctx_cell.clone();
