@@ -8,12 +8,12 @@ use crate::error::SolveError;
 use crate::exact::{self, ExactLimits};
 use crate::explain;
 use crate::greedy::{Guide, construct, fill, proportional_split};
-use crate::improve::improve;
+use crate::improve::{SearchLimits, improve};
 use crate::lagrange;
 use crate::model::Model;
 use crate::plan::{Plan, SolveStatus};
 use crate::snapshot::Snapshot;
-use crate::state::{Score, State};
+use crate::state::State;
 
 /// Limits and effort of a solve. The defaults suit the controller and `skyloom plan`.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,13 +58,29 @@ struct GroupOutcome {
 pub fn solve(snapshot: &Snapshot, options: &SolveOptions) -> Result<Plan, SolveError> {
     let deadline = Instant::now().checked_add(options.time_limit);
     let model = Model::build(snapshot)?;
+    let blind = model.without_current();
     let mut state = State::new(&model);
+    let mut blind_state = State::new(&blind);
     let mut proven = true;
     let mut time_limited = false;
     for group in groups(&model) {
-        let outcome = solve_group(&model, &mut state, &group, options, deadline);
+        let models = Models {
+            model: &model,
+            blind: &blind,
+        };
+        let outcome = solve_group(
+            models,
+            &mut state,
+            &mut blind_state,
+            &group,
+            options,
+            deadline,
+        );
         proven &= outcome.proven;
         time_limited |= outcome.time_limited;
+        // Keep the current-blind state in step for the next groups' capacity.
+        let rows = extract(&state, &group);
+        restore(&blind, &mut blind_state, &group, &rows);
     }
     let all: Vec<usize> = (0..model.services.len()).collect();
     let counts: Vec<u32> = state.evals.iter().map(|e| e.placed).collect();
@@ -137,13 +153,22 @@ fn is_simple(model: &Model, j: usize) -> bool {
     s.survive_target == 0 && s.min_clouds <= 1
 }
 
+/// The model and its current-blind twin ([`Model::without_current`]).
+#[derive(Clone, Copy)]
+struct Models<'a> {
+    model: &'a Model,
+    blind: &'a Model,
+}
+
 fn solve_group(
-    model: &Model,
+    models: Models<'_>,
     state: &mut State,
+    blind_state: &mut State,
     group: &[usize],
     options: &SolveOptions,
     deadline: Option<Instant>,
 ) -> GroupOutcome {
+    let Models { model, blind } = models;
     let none = Guide::none(model);
     let mut outcome = GroupOutcome::default();
     if group.len() == 1 && is_simple(model, group[0]) {
@@ -155,58 +180,78 @@ fn solve_group(
         outcome.proven = true;
         return outcome;
     }
-    // Candidate 1: keep what runs now (within the new caps and capacity), fill, improve.
-    warm_start(model, state, group);
-    construct(model, state, &none, group);
-    let has_current = group
-        .iter()
-        .any(|&j| model.services[j].current.iter().any(|&c| c > 0));
-    if has_current {
-        outcome.time_limited |=
-            improve(model, state, &none, group, options.search_passes, deadline);
-    }
-    let mut best = extract(state, group);
-    let mut best_score = state.score(model, group);
-    let consider = |state: &mut State, best: &mut Rows, best_score: &mut Score| {
-        let score = state.score(model, group);
-        if score.compare(best_score).is_lt() {
-            *best = extract(state, group);
-            *best_score = score;
-        }
+    let candidate_limits = SearchLimits {
+        passes: options.search_passes,
+        stop_when_polishing: true,
+        deadline,
     };
 
-    // Candidate 2: LP-style rounding. The placement relaxation (volume algorithm) gives a
-    // fractional placement and capacity prices; place its integer part, then what it would
-    // place at those prices, then whatever still fits; improve.
-    let bonus = lagrange::tier_bonus(model, group);
-    let known = lagrange::placement_objective(model, group, |j, i| state.x(j, i), &bonus);
-    let relaxation = lagrange::placement_relaxation(model, group, known, options.bound_iterations);
+    // Candidates built without regard to where replicas run now (see
+    // `Model::without_current`), so that they are the same from one solve to the next.
+    //
+    // LP-style rounding: the placement relaxation (volume algorithm) gives a fractional
+    // placement and capacity prices; place its integer part, then what it would place at
+    // those prices, then whatever still fits; improve.
+    clear(blind, blind_state, group);
+    construct(blind, blind_state, &none, group);
+    let bonus = lagrange::tier_bonus(blind, group);
+    let known = lagrange::placement_objective(blind, group, |j, i| blind_state.x(j, i), &bonus);
+    let relaxation = lagrange::placement_relaxation(blind, group, known, options.bound_iterations);
     let mut guide = Guide {
         prices: relaxation.prices,
         cutoff: Some(relaxation.bonus),
     };
-    clear(model, state, group);
-    round_fractional(model, state, group, &relaxation.fractional);
-    construct(model, state, &guide, group);
+    clear(blind, blind_state, group);
+    round_fractional(blind, blind_state, group, &relaxation.fractional);
+    construct(blind, blind_state, &guide, group);
     guide.cutoff = None;
-    construct(model, state, &guide, group);
-    outcome.time_limited |= improve(model, state, &guide, group, options.search_passes, deadline);
-    consider(state, &mut best, &mut best_score);
-
-    // Candidate 3: the federators' proportional split, completed, so that the answer is
-    // never worse than that baseline; improved only when it leads.
-    clear(model, state, group);
-    proportional_split(model, state, group);
+    construct(blind, blind_state, &guide, group);
+    outcome.time_limited |= improve(blind, blind_state, &guide, group, candidate_limits);
+    let rounded = extract(blind_state, group);
+    let rounded_score = blind_state.score(blind, group);
+    // The federators' proportional split, completed, so that the answer is never worse than
+    // that baseline; improved only when it leads.
+    clear(blind, blind_state, group);
+    proportional_split(blind, blind_state, group);
     for &j in group {
-        fill(model, state, &none, j);
+        fill(blind, blind_state, &none, j);
     }
-    if state.score(model, group).compare(&best_score).is_lt() {
-        outcome.time_limited |=
-            improve(model, state, &none, group, options.search_passes, deadline);
+    let split = if blind_state
+        .score(blind, group)
+        .compare(&rounded_score)
+        .is_lt()
+    {
+        outcome.time_limited |= improve(blind, blind_state, &none, group, candidate_limits);
+        Some(extract(blind_state, group))
+    } else {
+        None
+    };
+
+    // With the real objective: what runs now, kept within the new caps and capacity and
+    // filled, against the candidates above; the best is then improved until no move pays.
+    warm_start(model, state, group);
+    construct(model, state, &none, group);
+    let mut best = extract(state, group);
+    let mut best_score = state.score(model, group);
+    for rows in std::iter::once(&rounded).chain(split.as_ref()) {
+        clear(model, state, group);
+        restore(model, state, group, rows);
+        let score = state.score(model, group);
+        if score.compare(&best_score).is_lt() {
+            best = rows.clone();
+            best_score = score;
+        }
     }
-    consider(state, &mut best, &mut best_score);
     clear(model, state, group);
     restore(model, state, group, &best);
+    let polish_limits = SearchLimits {
+        passes: options.search_passes * 4,
+        stop_when_polishing: false,
+        deadline,
+    };
+    outcome.time_limited |= improve(model, state, &none, group, polish_limits);
+    best = extract(state, group);
+    best_score = state.score(model, group);
 
     // Exact search where the group is small.
     if exact::size(model, group) <= options.exact_max_vars

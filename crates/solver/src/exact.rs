@@ -283,24 +283,44 @@ pub fn solve(
     let mut time_limited = false;
     let mut best: Option<Vec<f64>> = None;
     let mut warm = program.hint.clone();
-    for objective in stages {
-        let remaining = limits
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining.is_some_and(|r| r < Duration::from_millis(1)) {
-            time_limited = true;
-            proven = false;
-            break;
-        }
-        let (problem, handles) = program.problem(&objective);
-        let mut options = SolveOptions::default();
-        options.time_limit = remaining;
-        options.node_limit = Some(limits.nodes_per_stage);
-        options.warm_start = Some(handles.iter().copied().zip(warm.iter().copied()).collect());
-        let Ok(outcome) = problem.solve_with(options) else {
-            proven = false;
-            break;
+    // The previous stage's optimum, kept as a constraint: (row index, optimum, slack).
+    let mut kept: Option<(usize, f64, f64)> = None;
+    'stages: for objective in stages {
+        let mut attempts = 0;
+        let outcome = loop {
+            let remaining = limits
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining.is_some_and(|r| r < Duration::from_millis(1)) {
+                time_limited = true;
+                proven = false;
+                break 'stages;
+            }
+            let (problem, handles) = program.problem(&objective);
+            let mut options = SolveOptions::default();
+            options.time_limit = remaining;
+            options.node_limit = Some(limits.nodes_per_stage);
+            options.warm_start = Some(handles.iter().copied().zip(warm.iter().copied()).collect());
+            match problem.solve_with(options) {
+                Ok(outcome) => break (outcome, handles),
+                // The previous optimum as a constraint can be out of reach within the
+                // simplex's tolerances: widen its slack and try again.
+                Err(microlp::Error::Infeasible) if attempts < 3 => {
+                    let Some((row, optimum, slack)) = kept.as_mut() else {
+                        proven = false;
+                        break 'stages;
+                    };
+                    *slack *= 100.0;
+                    program.rows[*row].2 = *optimum + *slack;
+                    attempts += 1;
+                }
+                Err(_) => {
+                    proven = false;
+                    break 'stages;
+                }
+            }
         };
+        let (outcome, handles) = outcome;
         if !outcome.is_optimal() {
             proven = false;
             time_limited |= outcome.termination_reason() == TerminationReason::TimeLimit;
@@ -314,6 +334,7 @@ pub fn solve(
         // Keep this stage's optimum for the next stages, with slack for round-off.
         let slack = 1e-7 * optimum.abs().max(1.0);
         program.row(objective, ComparisonOp::Le, optimum + slack);
+        kept = Some((program.rows.len() - 1, optimum, slack));
         warm.clone_from(&values);
         best = Some(values);
         if !proven {

@@ -74,9 +74,17 @@ pub fn fill_order(model: &Model, group: &[usize]) -> Vec<usize> {
     order
 }
 
-/// Places the missing replicas of `j`, cheapest clouds first, honouring caps, capacity and
-/// `minClouds`; then plans its failover reserve.
+/// Places the missing replicas of `j` (see [`fill_running`]), then plans its failover
+/// reserve.
 pub fn fill(model: &Model, state: &mut State, guide: &Guide, j: usize) {
+    fill_running(model, state, guide, j);
+    plan_reserve(model, state, guide, j);
+    state.reeval(model, j);
+}
+
+/// Places the missing replicas of `j`, cheapest clouds first, honouring caps, capacity and
+/// `minClouds`.
+pub fn fill_running(model: &Model, state: &mut State, guide: &Guide, j: usize) {
     let s = &model.services[j];
     let limit = guide.cutoff.as_ref().map_or(f64::INFINITY, |c| c[s.tier]);
     let mut need = s.desired.saturating_sub(state.row(j).iter().sum());
@@ -109,7 +117,6 @@ pub fn fill(model: &Model, state: &mut State, guide: &Guide, j: usize) {
         state.change(model, j, i, i64::from(amount), 0);
         need -= amount;
     }
-    plan_reserve(model, state, guide, j);
     state.reeval(model, j);
 }
 
@@ -199,10 +206,16 @@ pub fn trim_reserve(model: &Model, state: &mut State, j: usize) {
     }
 }
 
-/// Fills every service of `group` in [`fill_order`].
+/// Fills every service of `group` in [`fill_order`]: first the running replicas of all,
+/// then the failover reserves.
 pub fn construct(model: &Model, state: &mut State, guide: &Guide, group: &[usize]) {
-    for j in fill_order(model, group) {
-        fill(model, state, guide, j);
+    let order = fill_order(model, group);
+    for &j in &order {
+        fill_running(model, state, guide, j);
+    }
+    for &j in &order {
+        plan_reserve(model, state, guide, j);
+        state.reeval(model, j);
     }
 }
 

@@ -12,9 +12,21 @@
 
 use std::time::Instant;
 
-use crate::greedy::{Guide, fill, fill_order, marginal_key, plan_reserve, trim_reserve};
+use crate::greedy::{Guide, construct, fill, fill_order, marginal_key, plan_reserve, trim_reserve};
 use crate::model::Model;
 use crate::state::{State, Trial};
+
+/// How long local search runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchLimits {
+    /// Most passes.
+    pub passes: usize,
+    /// Stop once a pass leaves the penalties unchanged and improves the value by less than
+    /// 0.01 % (a deterministic rule). Off, the search runs until no move improves.
+    pub stop_when_polishing: bool,
+    /// Wall-clock deadline.
+    pub deadline: Option<Instant>,
+}
 
 /// Most replicas of another service moved to make room for one replica.
 const MAX_EJECTED_UNITS: u32 = 8;
@@ -28,19 +40,34 @@ pub fn improve(
     state: &mut State,
     guide: &Guide,
     group: &[usize],
-    passes: usize,
-    deadline: Option<Instant>,
+    limits: SearchLimits,
 ) -> bool {
+    let SearchLimits {
+        passes,
+        stop_when_polishing,
+        deadline,
+    } = limits;
     let order = fill_order(model, group);
     let none = Guide::none(model);
-    // Sum of the versions of each service's usable clouds when it was last examined: a
-    // service none of whose clouds changed since has nothing new to try.
+    // Sum of the versions of the clouds each service would move to when it was last
+    // examined: a service none of whose attractive clouds gained room since has nothing new
+    // to try. Attractive: every usable cloud while the service misses replicas or spread,
+    // else the clouds with a lower value than its dearest replica.
     let mut seen: Vec<Option<u64>> = vec![None; model.services.len()];
     let mut traded: Vec<Option<(u64, u64)>> = vec![None; model.cloud_count()];
     let stamp = |state: &State, j: usize| -> u64 {
         let s = &model.services[j];
-        (0..model.cloud_count())
-            .filter(|&i| s.cap[i] > 0)
+        let n = model.cloud_count();
+        let wants_any = state.evals[j].penalty() > 0;
+        let dearest = (0..n)
+            .filter(|&i| state.x(j, i) > 0)
+            .map(|i| s.value[i])
+            .max()
+            .unwrap_or(i128::MIN);
+        (0..n)
+            .filter(|&i| {
+                s.cap[i] > 0 && (wants_any || s.value[i] < dearest || state.x(j, i) < s.current[i])
+            })
             .map(|i| state.versions[i])
             .sum()
     };
@@ -74,13 +101,16 @@ pub fn improve(
             improved |= trade(model, state, &none, group, b);
             traded[b] = Some((state.versions[b], waiting_total));
         }
+        if group.iter().any(|&j| model.services[j].survive_target > 0) {
+            improved |= refill(model, state, &none, group);
+        }
         // Stop when a pass no longer changes the placement penalties and improves the value
         // by less than 0.01 %: later passes only polish (a deterministic rule, no clock).
         let score = state.score(model, group);
         let polish = score.penalties == last.penalties
             && (last.value - score.value) as f64 <= 1e-4 * (last.value.abs() as f64).max(1.0);
         last = score;
-        if !improved || polish {
+        if !improved || (polish && stop_when_polishing) {
             break;
         }
     }
@@ -115,7 +145,7 @@ fn improve_service(
     if state.evals[j].penalty() > 0 {
         let mut trial = Trial::begin(state, &[j]);
         for i in 0..n {
-            trial.touch(i);
+            trial.touch(state, i);
         }
         fill(model, state, guide, j);
         improved |= trial.commit(model, state, false);
@@ -335,7 +365,7 @@ fn rebalance_reserve_in_trial(
         return;
     }
     for i in 0..model.cloud_count() {
-        trial.touch(i);
+        trial.touch(state, i);
     }
     state.reeval(model, j);
     if state.evals[j].survive_shortfall > 0 {
@@ -353,7 +383,7 @@ fn replan_reserve(model: &Model, state: &mut State, guide: &Guide, j: usize) -> 
         if r > 0 {
             state.change(model, j, i, 0, -i64::from(r));
         }
-        trial.touch(i);
+        trial.touch(state, i);
     }
     plan_reserve(model, state, guide, j);
     trim_reserve(model, state, j);
@@ -639,4 +669,27 @@ fn fits_after_release(
         let back = freed.map_or(0, |f| f[k]);
         q == 0 || state.used[c * rc + k] - back + q * i128::from(units) <= capacity[k]
     })
+}
+
+/// Gives up every failover reserve of the group, fills what then fits, and plans the
+/// reserves again; kept if better. Reserves planned early can block replicas that count
+/// as much.
+fn refill(model: &Model, state: &mut State, none: &Guide, group: &[usize]) -> bool {
+    let mut trial = Trial::begin(state, group);
+    for i in 0..model.cloud_count() {
+        trial.touch(state, i);
+    }
+    for &j in group {
+        for i in 0..model.cloud_count() {
+            let r = state.r(j, i);
+            if r > 0 {
+                state.change(model, j, i, 0, -i64::from(r));
+            }
+        }
+    }
+    construct(model, state, none, group);
+    for &j in group {
+        trim_reserve(model, state, j);
+    }
+    trial.commit(model, state, false)
 }

@@ -166,6 +166,19 @@ impl Model {
         })
     }
 
+    /// The same model with no current placement (no stay bonus, no moves) but the same caps:
+    /// candidates built on it do not depend on where replicas run now, which makes an
+    /// answer fed back as the current placement a fixed point.
+    pub fn without_current(&self) -> Model {
+        let mut blind = self.clone();
+        for s in &mut blind.services {
+            s.current.iter_mut().for_each(|c| *c = 0);
+            s.stay_bonus.iter_mut().for_each(|b| *b = 0);
+            s.stay_bonus_f.iter_mut().for_each(|b| *b = 0.0);
+        }
+        blind
+    }
+
     /// Number of clouds.
     pub fn cloud_count(&self) -> usize {
         self.clouds.len()

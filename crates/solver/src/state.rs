@@ -134,8 +134,8 @@ pub struct State {
     pub used: Vec<i128>,
     /// Each service's evaluation, kept current by [`State::reeval`].
     pub evals: Vec<ServiceEval>,
-    /// Per cloud, how many committed [`Trial`]s changed it (lets local search skip services
-    /// whose clouds did not change).
+    /// Per cloud, how many committed [`Trial`]s freed capacity there (lets local search skip
+    /// services that no cloud they would move to has gained room for).
     pub versions: Vec<u64>,
 }
 
@@ -280,6 +280,8 @@ impl State {
 pub struct Trial {
     saved: Vec<(usize, Vec<u32>, Vec<u32>, ServiceEval)>,
     touched_clouds: Vec<usize>,
+    /// Used capacity of each touched cloud when first touched.
+    used_before: Vec<Vec<i128>>,
 }
 
 impl Trial {
@@ -298,6 +300,7 @@ impl Trial {
                 })
                 .collect(),
             touched_clouds: Vec::new(),
+            used_before: Vec::new(),
         }
     }
 
@@ -325,17 +328,21 @@ impl Trial {
         if nr > 0 && !s.admission[i].is_open() {
             return false;
         }
+        self.touch_in(state, i);
         state.change(model, j, i, dx, dr);
-        if !self.touched_clouds.contains(&i) {
-            self.touched_clouds.push(i);
-        }
         true
     }
 
-    /// Notes that cloud `i` was changed by a helper outside [`Trial::change`].
-    pub fn touch(&mut self, i: usize) {
+    /// Notes that cloud `i` is about to be changed by a helper outside [`Trial::change`].
+    pub fn touch(&mut self, state: &State, i: usize) {
+        self.touch_in(state, i);
+    }
+
+    fn touch_in(&mut self, state: &State, i: usize) {
         if !self.touched_clouds.contains(&i) {
             self.touched_clouds.push(i);
+            self.used_before
+                .push(state.used[i * state.rc..(i + 1) * state.rc].to_vec());
         }
     }
 
@@ -363,8 +370,12 @@ impl Trial {
                 Ordering::Greater => false,
             };
         if better {
-            for &i in &self.touched_clouds {
-                state.versions[i] += 1;
+            // Only clouds with more room than before can offer new moves.
+            for (&i, before) in self.touched_clouds.iter().zip(&self.used_before) {
+                let now = &state.used[i * state.rc..(i + 1) * state.rc];
+                if now.iter().zip(before).any(|(n, b)| n < b) {
+                    state.versions[i] += 1;
+                }
             }
         } else {
             self.rollback(model, state);
