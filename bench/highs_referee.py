@@ -203,36 +203,62 @@ def solve(model, time_limit):
     }
 
 
+def penalties_of_highs(model, highs):
+    """Per-tier penalty (unplaced + spread shortfalls) of the HiGHS answer."""
+    out = []
+    for tier in range(len(model["tiers"])):
+        desired = sum(s["desired"] for s in model["services"] if s["tier"] == tier)
+        stage = highs["stages"].get("tier%d" % tier)
+        out.append(None if stage is None else round(desired + stage))
+    return out
+
+
+def fmt_penalties(values):
+    return "/".join("?" if v is None else str(v) for v in values)
+
+
 def table(directory, names):
-    header = (
-        f"{'instance':>10} | {'Skyloom s':>9} {'$/h':>11} {'unpl':>5} | "
-        f"{'greedy $/h':>11} {'unpl':>5} | {'HiGHS s':>8} {'$/h':>11} {'unpl':>5} {'opt':>4} | "
-        f"{'gap %':>7} {'saved vs greedy':>15}"
+    """Prints the side-by-side table (Markdown)."""
+    print(
+        "| instance | Skyloom s | Skyloom penalty | Skyloom $/h | greedy penalty | greedy $/h "
+        "| HiGHS s | HiGHS penalty | HiGHS $/h | HiGHS bound $/h | Skyloom vs HiGHS $/h | saved vs greedy $/h |"
     )
-    print(header)
-    print("-" * len(header))
+    print("|---" * 12 + "|")
     for name in names:
         res = json.loads((directory / f"{name}.result.json").read_text())
+        model = json.loads((directory / f"{name}.model.json").read_text())
         highs_file = directory / f"{name}.highs.json"
         hi = json.loads(highs_file.read_text()) if highs_file.exists() else None
         sk, gr = res["skyloom"], res["greedy"]
-        gap = ""
-        hs = hcost = hun = hopt = ""
+        sk_pen = [p["unplaced"] + p["missingClouds"] + p["survivalShortfall"] for p in sk["byPriority"]]
+        gr_pen = gr.get("byPriority") or []
+        cells = [
+            name,
+            f"{sk['seconds']:.3f}",
+            fmt_penalties(sk_pen),
+            f"{sk['costPerHour']:.2f}",
+            fmt_penalties(gr_pen) if gr_pen else f"{gr['unplaced']}+{gr['spreadShortfall']}",
+            f"{gr['costPerHour']:.2f}",
+        ]
         if hi and hi.get("value") is not None:
-            hs = f"{hi['seconds']:.2f}"
-            hcost = f"{hi['costPerHour']:.2f}"
-            hun = str(hi["unplaced"])
-            hopt = "yes" if hi["optimal"] else "no"
-            if hi["unplaced"] == sk["unplaced"]:
-                gap = f"{(sk['value'] - hi['value']) / abs(hi['value']) * 100:.3f}"
+            hi_pen = penalties_of_highs(model, hi)
+            bound = hi.get("valueBound")
+            cells += [
+                f"{hi['seconds']:.1f}" + ("" if hi["optimal"] else " (limit)"),
+                fmt_penalties(hi_pen),
+                f"{hi['costPerHour']:.2f}",
+                "-" if bound is None else f"{bound:.2f}",
+            ]
+            if hi_pen == sk_pen:
+                gap = (sk["value"] - hi["value"]) / abs(hi["value"]) * 100
+                cells.append(f"{gap:+.2f} %")
             else:
-                gap = f"n/a ({sk['unplaced'] - hi['unplaced']:+d} unpl)"
-        saved = gr["costPerHour"] - sk["costPerHour"]
-        print(
-            f"{name:>10} | {sk['seconds']:>9.3f} {sk['costPerHour']:>11.2f} {sk['unplaced']:>5} | "
-            f"{gr['costPerHour']:>11.2f} {gr['unplaced']:>5} | {hs:>8} {hcost:>11} {hun:>5} {hopt:>4} | "
-            f"{gap:>7} {saved:>+15.2f}"
-        )
+                diff = sum(sk_pen) - sum(p or 0 for p in hi_pen)
+                cells.append(f"n/a ({diff:+d} penalty)")
+        else:
+            cells += ["-", "-", "-", "-", "-"]
+        cells.append(f"{gr['costPerHour'] - sk['costPerHour']:+.2f}")
+        print("| " + " | ".join(cells) + " |")
 
 
 def main():

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let flat = match flatten(&generate::instance(services, clouds, 42)) {
+    let flat = match flatten(&generate::instance(services, clouds, 42, false)) {
         Ok(flat) => flat,
         Err(error) => {
             eprintln!("microlp_lp: {error}");

@@ -20,6 +20,9 @@ pub struct BaselineResult {
     pub value: f64,
     /// Spread shortfalls (missing clouds plus survivability), summed.
     pub spread_shortfall: u64,
+    /// Per priority, highest first: unplaced replicas plus spread shortfalls (the solver's
+    /// first goal, for comparison).
+    pub penalties: Vec<i64>,
 }
 
 /// Splits every service's replicas over its eligible clouds in proportion to the replicas
@@ -49,5 +52,6 @@ pub fn proportional(snapshot: &Snapshot) -> Result<BaselineResult, SolveError> {
             .iter()
             .map(|e| u64::from(e.cloud_shortfall) + u64::from(e.survive_shortfall))
             .sum(),
+        penalties: state.score(&model, &all).penalties,
     })
 }

@@ -295,21 +295,19 @@ fn place_with_ejection(
         // Where o's units go: the cheapest other cloud with room, or nowhere (unplaced)
         // when o has lower priority than j.
         let leave_key = source_key(model, state, o, b);
+        // Cheap test first (is the move affordable at all?), capacity last.
         let mut destinations: Vec<(f64, usize)> = (0..n)
-            .filter(|&c| {
-                c != b
+            .filter(|&c| c != b)
+            .map(|c| (marginal_key(model, state, none, o, c), c))
+            .filter(|&(key, c)| {
+                (key - leave_key) * f64::from(units) < gain
                     && state.x(o, c) + state.r(o, c) + units <= so.cap[c]
                     && fits_after_release(model, state, o, c, units, source.map(|(a, _)| (j, a)))
             })
-            .map(|c| (marginal_key(model, state, none, o, c), c))
             .collect();
         destinations.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-        let mut options: Vec<Option<usize>> = destinations
-            .iter()
-            .filter(|(key, _)| (key - leave_key) * f64::from(units) < gain)
-            .take(3)
-            .map(|&(_, c)| Some(c))
-            .collect();
+        let mut options: Vec<Option<usize>> =
+            destinations.iter().take(3).map(|&(_, c)| Some(c)).collect();
         if so.tier > s.tier {
             options.push(None);
         }

@@ -48,7 +48,7 @@ fn with_current(snapshot: &Snapshot, plan: &Plan, savings: u32) -> Snapshot {
 
 #[test]
 fn a_fixed_point_moves_nothing_on_a_realistic_instance() {
-    let snapshot = generate::instance(150, 10, 7);
+    let snapshot = generate::instance(150, 10, 7, true);
     let options = SolveOptions::default();
     let first = solve(&snapshot, &options).expect("solves");
     let again = with_current(&snapshot, &first, 10);
@@ -59,7 +59,7 @@ fn a_fixed_point_moves_nothing_on_a_realistic_instance() {
 
 #[test]
 fn one_percent_less_capacity_moves_only_what_must_move() {
-    let snapshot = generate::instance(150, 10, 7);
+    let snapshot = generate::instance(150, 10, 7, true);
     let options = SolveOptions::default();
     let first = solve(&snapshot, &options).expect("solves");
     let current = with_current(&snapshot, &first, 10);

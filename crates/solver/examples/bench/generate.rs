@@ -68,9 +68,10 @@ const REGIONS: [(&str, &[(&str, &str)]); 4] = [
     ("onprem", &[("dc-frankfurt", "eu"), ("dc-virginia", "us")]),
 ];
 
-/// Generates `services` services over `clouds` clouds. `tight` scales capacity so that GPUs
-/// and CPU are short in places.
-pub fn instance(services: usize, clouds: usize, seed: u64) -> Snapshot {
+/// Generates `services` services over `clouds` clouds. Capacity is each cloud's share of the
+/// total demand, spread unevenly so that cheap clouds fill up; `tight` makes GPUs short
+/// overall (95 % of demand) and CPU and memory scarcer, so that replicas go unplaced.
+pub fn instance(services: usize, clouds: usize, seed: u64, tight: bool) -> Snapshot {
     let mut rng = Rng::new(seed ^ (services as u64) << 32 ^ clouds as u64);
     let mut cloud_list = Vec::with_capacity(clouds);
     for index in 0..clouds {
@@ -183,8 +184,21 @@ pub fn instance(services: usize, clouds: usize, seed: u64) -> Snapshot {
         let share = |amount: u64, of: u64, ratio: f64| -> u64 {
             ((amount as f64) * (*weight as f64) / (of.max(1) as f64) * ratio) as u64
         };
-        let cpu = share(total.get("cpu").copied().unwrap_or(0), weight_all, 1.25);
-        let memory = share(total.get("memory").copied().unwrap_or(0), weight_all, 1.4);
+        let (cpu_ratio, memory_ratio, gpu_ratio) = if tight {
+            (1.25, 1.4, 0.95)
+        } else {
+            (1.6, 1.8, 1.3)
+        };
+        let cpu = share(
+            total.get("cpu").copied().unwrap_or(0),
+            weight_all,
+            cpu_ratio,
+        );
+        let memory = share(
+            total.get("memory").copied().unwrap_or(0),
+            weight_all,
+            memory_ratio,
+        );
         cloud.capacity.insert("cpu".to_owned(), cpu.max(8000));
         cloud
             .capacity
@@ -193,7 +207,7 @@ pub fn instance(services: usize, clouds: usize, seed: u64) -> Snapshot {
             let gpus = share(
                 total.get("nvidia.com/gpu").copied().unwrap_or(0),
                 gpu_weight,
-                0.95,
+                gpu_ratio,
             );
             cloud
                 .capacity

@@ -2,7 +2,8 @@
 //! proportional split, timed, and written out for the HiGHS referee
 //! (`bench/highs_referee.py`). Run through `scripts/bench-solver`.
 //!
-//! Usage: `bench [--out DIR] [--seed N] [--runs N] [SERVICESxCLOUDS ...]`
+//! Usage: `bench [--out DIR] [--seed N] [--runs N] [SERVICESxCLOUDS[t] ...]` — a trailing `t`
+//! asks for a tight instance (GPUs short overall).
 
 mod generate;
 
@@ -17,7 +18,7 @@ fn main() {
     let mut out = PathBuf::from("target/bench-solver");
     let mut seed = 42u64;
     let mut runs = 3usize;
-    let mut sizes: Vec<(usize, usize)> = Vec::new();
+    let mut sizes: Vec<(usize, usize, bool)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,9 +26,13 @@ fn main() {
             "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
             "--runs" => runs = args.next().and_then(|s| s.parse().ok()).unwrap_or(runs),
             size => {
+                let (size, tight) = match size.strip_suffix('t') {
+                    Some(rest) => (rest, true),
+                    None => (size, false),
+                };
                 let parsed = size
                     .split_once('x')
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?, tight)));
                 match parsed {
                     Some(size) => sizes.push(size),
                     None => {
@@ -39,7 +44,15 @@ fn main() {
         }
     }
     if sizes.is_empty() {
-        sizes = vec![(10, 3), (100, 10), (1000, 20), (2000, 50)];
+        sizes = vec![
+            (10, 3, false),
+            (100, 10, false),
+            (100, 10, true),
+            (1000, 20, false),
+            (1000, 20, true),
+            (2000, 50, false),
+            (2000, 50, true),
+        ];
     }
     if let Err(error) = std::fs::create_dir_all(&out) {
         eprintln!("bench: cannot create {}: {error}", out.display());
@@ -56,9 +69,9 @@ fn main() {
         "gap bound",
         "status"
     );
-    for (services, clouds) in sizes {
-        let name = format!("{services}x{clouds}");
-        let snapshot = generate::instance(services, clouds, seed);
+    for (services, clouds, tight) in sizes {
+        let name = format!("{services}x{clouds}{}", if tight { "t" } else { "" });
+        let snapshot = generate::instance(services, clouds, seed, tight);
         let flat = match flatten(&snapshot) {
             Ok(flat) => flat,
             Err(error) => {
@@ -146,6 +159,7 @@ fn main() {
                 "placed": greedy.placed,
                 "unplaced": greedy.unplaced,
                 "spreadShortfall": greedy.spread_shortfall,
+                "byPriority": greedy.penalties,
             },
         });
         let write = |file: PathBuf, text: String| {
