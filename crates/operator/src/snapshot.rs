@@ -151,6 +151,73 @@ fn clamp(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0).min(MAX_REPLICAS)
 }
 
+/// Checks an integer field against the CRD schema's bounds: admission enforces them, but
+/// objects reach `skyloom plan` (and older CRDs) without admission.
+fn within(field: &str, value: i32, low: i32, high: i32) -> Result<u32, (String, String)> {
+    if (low..=high).contains(&value) {
+        Ok(clamp(value))
+    } else {
+        Err((
+            field.to_owned(),
+            format!("{value} is outside {low}..={high}"),
+        ))
+    }
+}
+
+/// The AIService fields the solver reads, checked against the schema's bounds.
+fn check_bounds(spec: &skyloom_api::AIServiceSpec) -> Result<(), (String, String)> {
+    use skyloom_api::aiservice::MAX_REPLICAS as API_MAX;
+    within("spec.replicas", spec.replicas, 0, API_MAX)?;
+    if let Some(min) = spec.min_replicas {
+        within("spec.minReplicas", min, 0, spec.replicas.max(0))?;
+    }
+    if let Some(priority) = spec.priority {
+        within("spec.priority", priority, 0, 1000)?;
+    }
+    let placement = spec.placement.clone().unwrap_or_default();
+    for (i, p) in placement.preferences.iter().enumerate() {
+        within(
+            &format!("spec.placement.preferences[{i}].weight"),
+            p.weight,
+            1,
+            100,
+        )?;
+    }
+    let spread = spec.spread();
+    if let Some(v) = spread.min_clouds {
+        within("spec.placement.spread.minClouds", v, 1, 50)?;
+    }
+    if let Some(v) = spread.max_replicas_per_cloud {
+        within("spec.placement.spread.maxReplicasPerCloud", v, 1, API_MAX)?;
+    }
+    let objective = spec.objective();
+    let cost = within(
+        "spec.placement.objective.costWeight",
+        objective.cost_weight(),
+        0,
+        100,
+    )?;
+    let performance = within(
+        "spec.placement.objective.performanceWeight",
+        objective.performance_weight(),
+        0,
+        100,
+    )?;
+    if cost + performance == 0 {
+        return Err((
+            "spec.placement.objective".to_owned(),
+            "costWeight and performanceWeight must not both be 0".to_owned(),
+        ));
+    }
+    within(
+        "spec.migration.minSavingsPercent",
+        spec.migration().min_savings_percent(),
+        0,
+        100,
+    )?;
+    Ok(())
+}
+
 /// The solver's view of an AIService, with the replicas running now per cloud.
 pub fn service(ais: &AIService, current: BTreeMap<String, u32>) -> Result<Service, SpecIssue> {
     let ns = ais.metadata.namespace.clone().unwrap_or_default();
@@ -162,6 +229,7 @@ pub fn service(ais: &AIService, current: BTreeMap<String, u32>) -> Result<Servic
         message,
     };
     let spec = &ais.spec;
+    check_bounds(spec).map_err(|(field, message)| issue(field, message))?;
     let pod_spec = spec
         .template
         .spec

@@ -1,13 +1,16 @@
 //! Which clouds a service may use, and the rules that keep it off the others.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{Cloud, Service};
 use crate::taint::TaintEffect;
+use crate::units::display_amount;
 
 /// A hard rule that keeps every replica of a service off a cloud.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "rule")]
+#[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Exclusion {
     /// The cloud is not in `placement.clouds`.
     NotInAllowedClouds,
@@ -45,7 +48,7 @@ pub enum Exclusion {
 
 /// A rule that allows replicas already on a cloud to stay but admits no new ones.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "rule")]
+#[serde(rename_all = "camelCase", tag = "kind")]
 pub enum NoNewReplicas {
     /// The cloud is cordoned.
     Cordoned,
@@ -57,6 +60,40 @@ pub enum NoNewReplicas {
         /// The taint, `key=value:effect`.
         taint: String,
     },
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::NotInAllowedClouds => write!(f, "not in placement.clouds"),
+            Exclusion::SelectorMismatch { requirement } => {
+                write!(f, "cloudSelector needs {requirement}")
+            }
+            Exclusion::RegionNotAllowed { region } => write!(f, "region {region} not allowed"),
+            Exclusion::Terminating => write!(f, "terminating"),
+            Exclusion::UntoleratedTaint { taint } => write!(f, "untolerated taint {taint}"),
+            Exclusion::NodeTooSmall {
+                resource,
+                needs,
+                largest,
+            } => write!(
+                f,
+                "no node fits {resource} {} (largest {})",
+                display_amount(resource, *needs),
+                display_amount(resource, *largest)
+            ),
+        }
+    }
+}
+
+impl fmt::Display for NoNewReplicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoNewReplicas::Cordoned => write!(f, "cordoned"),
+            NoNewReplicas::Unhealthy => write!(f, "unhealthy"),
+            NoNewReplicas::UntoleratedTaint { taint } => write!(f, "untolerated taint {taint}"),
+        }
+    }
 }
 
 /// What the rules allow a service on a cloud.

@@ -226,6 +226,29 @@ fn solve_group(
     } else {
         None
     };
+    // Exact search of the current-blind problem where the group is small, from the better
+    // of the two candidates. Even when a limit cuts it, its answer depends only on the
+    // input, never on where replicas run now.
+    let small = exact::size(model, group) <= options.exact_max_vars;
+    let exact_limits = ExactLimits {
+        nodes_per_stage: options.exact_nodes_per_stage,
+        deadline,
+    };
+    let mut searched = None;
+    if small && deadline.is_none_or(|d| Instant::now() < d) {
+        let start = split.as_ref().unwrap_or(&rounded);
+        clear(blind, blind_state, group);
+        restore(blind, blind_state, group, start);
+        if let Some(result) = exact::solve(blind, blind_state, group, exact_limits) {
+            outcome.time_limited |= result.time_limited;
+            let rows: Rows = result.x.into_iter().zip(result.r).collect();
+            clear(blind, blind_state, group);
+            restore(blind, blind_state, group, &rows);
+            if is_feasible(blind, blind_state, group) {
+                searched = Some(rows);
+            }
+        }
+    }
 
     // With the real objective: what runs now, kept within the new caps and capacity and
     // filled, against the candidates above; the best is then improved until no move pays.
@@ -233,7 +256,10 @@ fn solve_group(
     construct(model, state, &none, group);
     let mut best = extract(state, group);
     let mut best_score = state.score(model, group);
-    for rows in std::iter::once(&rounded).chain(split.as_ref()) {
+    for rows in std::iter::once(&rounded)
+        .chain(split.as_ref())
+        .chain(searched.as_ref())
+    {
         clear(model, state, group);
         restore(model, state, group, rows);
         let score = state.score(model, group);
@@ -253,16 +279,15 @@ fn solve_group(
     best = extract(state, group);
     best_score = state.score(model, group);
 
-    // Exact search where the group is small.
-    if exact::size(model, group) <= options.exact_max_vars
+    // Exact search of the real problem where the group is small, from the best answer so
+    // far. Its answer is taken only when proven optimal: an answer cut short by a limit could
+    // depend on where replicas run now, and feeding it back could then move replicas again.
+    if small
         && deadline.is_none_or(|d| Instant::now() < d)
+        && let Some(result) = exact::solve(model, state, group, exact_limits)
     {
-        let limits = ExactLimits {
-            nodes_per_stage: options.exact_nodes_per_stage,
-            deadline,
-        };
-        if let Some(result) = exact::solve(model, state, group, limits) {
-            outcome.time_limited |= result.time_limited;
+        outcome.time_limited |= result.time_limited;
+        if result.proven {
             let rows: Rows = result.x.into_iter().zip(result.r).collect();
             clear(model, state, group);
             restore(model, state, group, &rows);
@@ -270,7 +295,7 @@ fn solve_group(
             if is_feasible(model, state, group) && score.compare(&best_score).is_le() {
                 best = rows;
             }
-            outcome.proven = result.proven;
+            outcome.proven = true;
             clear(model, state, group);
             restore(model, state, group, &best);
         }

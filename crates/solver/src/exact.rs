@@ -14,7 +14,7 @@ use microlp::{
 };
 
 use crate::model::Model;
-use crate::state::State;
+use crate::state::{State, VALUE_TOLERANCE_NANO};
 use crate::units::NANO_PER_USD;
 
 /// What an exact search returned.
@@ -248,7 +248,9 @@ pub fn solve(
         }
     }
 
-    let mut stages: Vec<Vec<(usize, f64)>> = Vec::new();
+    // Each stage: its objective, and whether its optimum is a whole number (penalties,
+    // moves and reserve count replicas; the value does not).
+    let mut stages: Vec<(Vec<(usize, f64)>, bool)> = Vec::new();
     for tier in 0..model.tiers.len() {
         let mut objective = Vec::new();
         for (g, &j) in group.iter().enumerate() {
@@ -259,7 +261,7 @@ pub fn solve(
             }
         }
         if !objective.is_empty() {
-            stages.push(objective);
+            stages.push((objective, true));
         }
     }
     let (mut value, mut moves, mut reserve) = (Vec::new(), Vec::new(), Vec::new());
@@ -274,18 +276,20 @@ pub fn solve(
         }
     }
     stages.extend(
-        [value, moves, reserve]
+        [(value, false), (moves, true), (reserve, true)]
             .into_iter()
-            .filter(|o| !o.is_empty()),
+            .filter(|(o, _)| !o.is_empty()),
     );
 
     let mut proven = true;
     let mut time_limited = false;
     let mut best: Option<Vec<f64>> = None;
     let mut warm = program.hint.clone();
-    // The previous stage's optimum, kept as a constraint: (row index, optimum, slack).
-    let mut kept: Option<(usize, f64, f64)> = None;
-    'stages: for objective in stages {
+    // The previous stage's optimum, kept as a constraint: (row index, optimum, slack); only
+    // a value stage's slack may be widened.
+    let mut kept: Option<(usize, f64, f64, bool)> = None;
+    let mut widened = false;
+    'stages: for (objective, whole) in stages {
         let mut attempts = 0;
         let outcome = loop {
             let remaining = limits
@@ -301,17 +305,24 @@ pub fn solve(
             options.time_limit = remaining;
             options.node_limit = Some(limits.nodes_per_stage);
             options.warm_start = Some(handles.iter().copied().zip(warm.iter().copied()).collect());
+            // A retry also goes without presolve, which has refused feasible stages.
+            options.presolve = attempts == 0;
             match problem.solve_with(options) {
                 Ok(outcome) => break (outcome, handles),
-                // The previous optimum as a constraint can be out of reach within the
-                // simplex's tolerances: widen its slack and try again.
+                // microlp's presolve has refused feasible stages: retry without it. Then the
+                // previous optimum, kept as a constraint, may be out of reach within the
+                // simplex's tolerances: widen its slack.
                 Err(microlp::Error::Infeasible) if attempts < 3 => {
-                    let Some((row, optimum, slack)) = kept.as_mut() else {
-                        proven = false;
-                        break 'stages;
-                    };
-                    *slack *= 100.0;
-                    program.rows[*row].2 = *optimum + *slack;
+                    if attempts > 0 {
+                        let Some((row, optimum, slack, false)) = kept.as_mut() else {
+                            proven = false;
+                            break 'stages;
+                        };
+                        // A wider slack may keep a slightly worse value: no longer a proof.
+                        *slack = (*slack * 100.0).max(1e-7 * optimum.abs());
+                        program.rows[*row].2 = *optimum + *slack;
+                        widened = true;
+                    }
                     attempts += 1;
                 }
                 Err(_) => {
@@ -332,15 +343,24 @@ pub fn solve(
         let optimum = found.objective();
         let values: Vec<f64> = handles.iter().map(|&h| found.var_value(h)).collect();
         // Keep this stage's optimum for the next stages, with slack for round-off.
-        let slack = 1e-7 * optimum.abs().max(1.0);
+        // A whole-number optimum is kept rounded (the simplex reports, say, -1.8e-6 for 0),
+        // with a hair of slack for round-off; a looser one would weaken the next stages' LP
+        // bounds. Values within the engine's tolerance count as optimal (see
+        // `state::VALUE_TOLERANCE_NANO`): the next stages pick among them.
+        let (optimum, slack) = if whole {
+            (optimum.round(), 1e-6)
+        } else {
+            (optimum, VALUE_TOLERANCE_NANO as f64 / NANO_PER_USD as f64)
+        };
         program.row(objective, ComparisonOp::Le, optimum + slack);
-        kept = Some((program.rows.len() - 1, optimum, slack));
+        kept = Some((program.rows.len() - 1, optimum, slack, whole));
         warm.clone_from(&values);
         best = Some(values);
         if !proven {
             break;
         }
     }
+    proven &= !widened;
     let values = best?;
     let round = |v: &Option<usize>| -> u32 {
         v.map_or(0, |v| {

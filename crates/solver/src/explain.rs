@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::eligibility::{Admission, Exclusion, NoNewReplicas};
+use crate::eligibility::Admission;
 use crate::lagrange::LagrangeBound;
 use crate::model::{Model, by_resource};
 use crate::plan::{
@@ -11,7 +11,7 @@ use crate::plan::{
     SolveStatus, Totals, UnplacedExplanation, Verdict,
 };
 use crate::state::State;
-use crate::units::{NANO_PER_USD, display_amount, price_unit};
+use crate::units::{NANO_PER_USD, price_unit};
 
 /// USD from nano-USD.
 pub fn usd(nano: i128) -> f64 {
@@ -114,33 +114,6 @@ fn shortfalls(model: &Model, state: &State, j: usize, i: usize) -> Vec<Shortfall
             needs: u64::try_from(demand[k]).unwrap_or(u64::MAX),
         })
         .collect()
-}
-
-fn exclusion_label(rule: &Exclusion) -> String {
-    match rule {
-        Exclusion::NotInAllowedClouds => "not in placement.clouds".to_owned(),
-        Exclusion::SelectorMismatch { requirement } => format!("cloudSelector {requirement}"),
-        Exclusion::RegionNotAllowed { region } => format!("region {region} not allowed"),
-        Exclusion::Terminating => "terminating".to_owned(),
-        Exclusion::UntoleratedTaint { taint } => format!("taint {taint}"),
-        Exclusion::NodeTooSmall {
-            resource,
-            needs,
-            largest,
-        } => format!(
-            "no node fits {resource} {} (largest {})",
-            display_amount(resource, *needs),
-            display_amount(resource, *largest)
-        ),
-    }
-}
-
-fn no_new_label(rule: &NoNewReplicas) -> String {
-    match rule {
-        NoNewReplicas::Cordoned => "cordoned".to_owned(),
-        NoNewReplicas::Unhealthy => "unhealthy".to_owned(),
-        NoNewReplicas::UntoleratedTaint { taint } => format!("taint {taint}"),
-    }
 }
 
 /// Whether `j` wants more replicas than it has on cloud `i` (unplaced replicas, a spread
@@ -318,7 +291,7 @@ fn unplaced_explanation(model: &Model, state: &State, j: usize) -> UnplacedExpla
             Admission::Closed(list) => {
                 for rule in list {
                     rules
-                        .entry(exclusion_label(rule))
+                        .entry(rule.to_string())
                         .or_default()
                         .push(name.clone());
                 }
@@ -327,7 +300,7 @@ fn unplaced_explanation(model: &Model, state: &State, j: usize) -> UnplacedExpla
             Admission::KeepOnly(list) => {
                 for rule in list {
                     rules
-                        .entry(no_new_label(rule))
+                        .entry(rule.to_string())
                         .or_default()
                         .push(name.clone());
                 }

@@ -35,21 +35,17 @@ pub fn bound(
 ) -> LagrangeBound {
     let n = model.cloud_count();
     let rc = model.resource_count();
-    // Usable replicas per service and cloud: the cap, and what the empty cloud can hold.
+    // Usable replicas per service and cloud: the cap, or none where not even one replica
+    // fits the empty cloud. (Capacity is not folded into the cap beyond that, so that the
+    // capacity rows keep their multipliers: the shadow prices.)
     let caps: Vec<Vec<u32>> = group
         .iter()
         .map(|&j| {
             let s = &model.services[j];
             (0..n)
                 .map(|i| {
-                    let mut cap = u64::from(s.cap[i]);
-                    for k in 0..rc {
-                        if s.demand[k] > 0 {
-                            let fits = model.clouds[i].capacity[k].max(0) / s.demand[k];
-                            cap = cap.min(u64::try_from(fits).unwrap_or(u64::MAX));
-                        }
-                    }
-                    u32::try_from(cap).unwrap_or(u32::MAX)
+                    let fits = (0..rc).all(|k| s.demand[k] <= model.clouds[i].capacity[k]);
+                    if fits { s.cap[i] } else { 0 }
                 })
                 .collect()
         })

@@ -13,11 +13,12 @@
 //! ```
 //!
 //! where `cost_ij = Σ_k price_ik × demand_jk` and `ref_j`, the service's *reference replica
-//! cost*, is the mean `cost_ij` over the clouds it may use ($1/h when that is zero). The
+//! cost*, is the mean `cost_ij` over the clouds its rules admit ($1/h when that is zero). The
 //! performance and preference terms are so measured in the service's own money: with
 //! weights 1:1, a cloud with twice the baseline score (200) is worth one typical replica
 //! price more per replica. A replica that stays where it runs earns a bonus of
-//! `minSavingsPercent × |value_ij|`, so a move must save that share to happen.
+//! `minSavingsPercent × |value_ij|`, so a move must save that share to happen. Values and
+//! bonuses are rounded to whole micro-USD; costs stay exact to the nano-USD.
 
 use std::collections::BTreeMap;
 
@@ -252,10 +253,15 @@ fn build_service(
     }
 
     let usable: Vec<usize> = (0..clouds.len()).filter(|&i| cap[i] > 0).collect();
-    let reference_cost = if usable.is_empty() {
+    // Over the clouds the rules do not exclude, whether or not replicas run there now, so
+    // that the objective does not depend on the current placement.
+    let admitted: Vec<usize> = (0..clouds.len())
+        .filter(|&i| !matches!(admissions[i], Admission::Closed(_)))
+        .collect();
+    let reference_cost = if admitted.is_empty() {
         0
     } else {
-        usable.iter().map(|&i| cost[i]).sum::<i128>() / usable.len() as i128
+        admitted.iter().map(|&i| cost[i]).sum::<i128>() / admitted.len() as i128
     };
     let reference_cost = if reference_cost > 0 {
         reference_cost
@@ -283,14 +289,16 @@ fn build_service(
         .div_euclid(100);
         let pref =
             (reference_cost * (preference - if discouraged { 100 } else { 0 })).div_euclid(100);
-        let v = i128::from(weights.cost_weight) * cost[index] - perf - pref;
+        let v = micro(i128::from(weights.cost_weight) * cost[index] - perf - pref);
         if v.abs() > MAX_VALUE_NANO * 100 {
             return Err(overflow(&cloud.name, "the objective value of one replica"));
         }
         value.push(v);
         performance.push(perf);
         preferences.push(pref);
-        stay_bonus.push(v.abs() * i128::from(service.min_savings_percent) / 100);
+        stay_bonus.push(micro(
+            v.abs() * i128::from(service.min_savings_percent) / 100,
+        ));
     }
 
     let min_clouds = spread
@@ -324,6 +332,13 @@ fn build_service(
         min_clouds_asked: spread.min_clouds,
         max_per_cloud: spread.max_replicas_per_cloud,
     })
+}
+
+/// Rounds nano-USD to whole micro-USD (half up). Objective values are kept in micro-USD
+/// steps so that two placements' values are either equal or at least a micro-USD apart:
+/// exact search can then keep an optimum as a constraint with a slack below that step.
+fn micro(nano: i128) -> i128 {
+    (nano + 500).div_euclid(1000) * 1000
 }
 
 /// Per-resource totals helper: `BTreeMap` from resource name to amount.

@@ -76,6 +76,10 @@ pub fn evaluate(model: &Model, j: usize, x: &[u32], r: &[u32]) -> ServiceEval {
     }
 }
 
+/// Objective values closer than this (10 micro-USD per hour) count as equal: no replica
+/// moves for less, and exact search keeps its value optimum within this slack.
+pub const VALUE_TOLERANCE_NANO: i128 = 10_000;
+
 /// The lexicographic objective of a set of services: penalties per priority tier (highest
 /// priority first), then value, then moves, then reserve. Lower is better.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,13 +113,21 @@ impl Score {
         self.reserve += sign * i64::from(eval.reserve);
     }
 
-    /// Compares two scores lexicographically; `Less` means `self` is better.
+    /// Compares two scores lexicographically; `Less` means `self` is better. Values within
+    /// [`VALUE_TOLERANCE_NANO`] of each other count as equal for the value goal, so that
+    /// fewer moves win over a negligible saving; the exact value breaks the last tie.
     pub fn compare(&self, other: &Score) -> Ordering {
+        let value = if (self.value - other.value).abs() > VALUE_TOLERANCE_NANO {
+            self.value.cmp(&other.value)
+        } else {
+            Ordering::Equal
+        };
         self.penalties
             .cmp(&other.penalties)
-            .then(self.value.cmp(&other.value))
+            .then(value)
             .then(self.moves.cmp(&other.moves))
             .then(self.reserve.cmp(&other.reserve))
+            .then(self.value.cmp(&other.value))
     }
 }
 

@@ -138,8 +138,11 @@ fn score(snapshot: &Snapshot, picks: &[&Choice]) -> Option<Score> {
                 })
                 .sum();
             let current = service.current.get(&cloud.name).copied().unwrap_or(0);
-            let bonus = cost * i128::from(service.min_savings_percent) / 100;
-            value += cost * i128::from(x[i]) - bonus * i128::from(x[i].min(current));
+            // The objective counts whole micro-USD (half up), as documented in the model.
+            let micro = |nano: i128| (nano + 500).div_euclid(1000) * 1000;
+            let per_replica = micro(cost);
+            let bonus = micro(per_replica * i128::from(service.min_savings_percent) / 100);
+            value += per_replica * i128::from(x[i]) - bonus * i128::from(x[i].min(current));
             moves += i64::from(current.saturating_sub(x[i]));
             reserve += i64::from(r[i]);
         }
@@ -147,13 +150,30 @@ fn score(snapshot: &Snapshot, picks: &[&Choice]) -> Option<Score> {
     Some((penalties, value, moves, reserve))
 }
 
+/// Values within this many nano-USD count as equal (the engine's documented tolerance).
+const VALUE_TOLERANCE_NANO: i128 = 10_000;
+
+/// The optimum by goals, as documented: fewest penalties per priority; then the lowest value
+/// (within the tolerance); among those, fewest moves, then least reserve, then lowest value.
 fn brute_force(snapshot: &Snapshot) -> Option<Score> {
+    let all = feasible(snapshot);
+    let penalties = all.iter().map(|s| s.0.clone()).min()?;
+    let same: Vec<&Score> = all.iter().filter(|s| s.0 == penalties).collect();
+    let value = same.iter().map(|s| s.1).min()?;
+    same.into_iter()
+        .filter(|s| s.1 <= value + VALUE_TOLERANCE_NANO)
+        .min_by_key(|s| (s.2, s.3, s.1))
+        .cloned()
+}
+
+/// The score of every feasible placement.
+fn feasible(snapshot: &Snapshot) -> Vec<Score> {
     let options: Vec<Vec<Choice>> = snapshot
         .services()
         .iter()
         .map(|s| choices(snapshot, s))
         .collect();
-    let mut best: Option<Score> = None;
+    let mut found = Vec::new();
     let mut index = vec![0usize; options.len()];
     loop {
         let picks: Vec<&Choice> = index
@@ -161,16 +181,14 @@ fn brute_force(snapshot: &Snapshot) -> Option<Score> {
             .enumerate()
             .map(|(j, &c)| &options[j][c])
             .collect();
-        if let Some(s) = score(snapshot, &picks)
-            && best.as_ref().is_none_or(|b| s < *b)
-        {
-            best = Some(s);
+        if let Some(s) = score(snapshot, &picks) {
+            found.push(s);
         }
         // Next combination.
         let mut j = 0;
         loop {
             if j == index.len() {
-                return best;
+                return found;
             }
             index[j] += 1;
             if index[j] < options[j].len() {
