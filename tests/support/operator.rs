@@ -26,6 +26,7 @@ pub fn test_args() -> RunArgs {
         debounce_millis: 100,
         orphan_grace_period_seconds: 30,
         solver_time_limit_millis: 2000,
+        workers: 8,
         allow_exec_credentials: false,
         allow_insecure_members: false,
         control_plane_id: Some("e2e-control-plane".into()),

@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// Solver time limit per decision, in milliseconds.
     #[arg(long, env = "SKYLOOM_SOLVER_TIME_LIMIT_MILLIS", default_value_t = 2000)]
     pub solver_time_limit_millis: u64,
+    /// How many AIServices are reconciled at the same time.
+    #[arg(long, env = "SKYLOOM_WORKERS", default_value_t = 16)]
+    pub workers: usize,
     /// Allow `exec` and `auth-provider` credentials in member kubeconfigs (off: refused).
     #[arg(long, env = "SKYLOOM_ALLOW_EXEC_CREDENTIALS", default_value_t = false)]
     pub allow_exec_credentials: bool,

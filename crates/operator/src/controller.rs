@@ -151,6 +151,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events on state changes.
     pub recorder: Recorder,
+    /// (member, namespace) pairs known to exist, so a namespace is looked up once.
+    known_namespaces: Mutex<BTreeSet<(String, String)>>,
     /// When the control loops were set up (for the startup grace).
     started: Instant,
     /// The scheduler must look again soon (it deferred a decision).
@@ -177,6 +179,7 @@ impl Context {
                     instance: std::env::var("POD_NAME").ok(),
                 },
             ),
+            known_namespaces: Mutex::default(),
             hub,
             settings,
             registry,
@@ -339,6 +342,16 @@ async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
             }
         }
     }
+    // Replicas of every owned Deployment, indexed once per decision.
+    let mut running: BTreeMap<(String, Key), u32> = BTreeMap::new();
+    for (pool, deployments) in ctx.registry.all_deployments() {
+        for d in deployments {
+            if let Some(owner) = identity::owner_of(&d.metadata, ctx.registry.control_plane()) {
+                let n = u32::try_from(d.spec.replicas.unwrap_or(0)).unwrap_or(0);
+                *running.entry((pool.clone(), owner)).or_insert(0) += n;
+            }
+        }
+    }
     let mut services = Vec::new();
     let mut invalid = BTreeMap::new();
     let mut failing_over: BTreeMap<Key, Vec<String>> = BTreeMap::new();
@@ -351,13 +364,10 @@ async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
         let hold = ais.spec.failover_mode() == FailoverMode::Hold;
         let mut current = BTreeMap::new();
         for (pool, view) in &views {
-            let n: u32 = ctx
-                .registry
-                .deployments_of(pool, &key.0, &key.1)
-                .iter()
-                .filter_map(|d| d.spec.replicas)
-                .map(|r| u32::try_from(r).unwrap_or(0))
-                .sum();
+            let n = running
+                .get(&(pool.clone(), key.clone()))
+                .copied()
+                .unwrap_or(0);
             if n == 0 {
                 continue;
             }
@@ -540,15 +550,20 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<Option<Duration>, Reconci
     if ais.metadata.deletion_timestamp.is_some() {
         return finalize(ctx, &ais, &api).await;
     }
-    if !ais.finalizers().iter().any(|f| f == FINALIZER) {
+    // The finalizer goes on before anything exists in a member; the updated object is used
+    // for the rest of this pass (no extra round through the queue).
+    let ais = if ais.finalizers().iter().any(|f| f == FINALIZER) {
+        ais
+    } else {
         let mut finalizers = ais.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ais.resource_version()}});
-        api.patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+        let updated = api
+            .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(ReconcileError::Hub)?;
-        return Ok(None);
-    }
+        Arc::new(updated)
+    };
     let decision = ctx.decision(key);
     let views = ctx.registry.views();
     let rendered = render(&ais, ctx.registry.control_plane());
@@ -656,7 +671,8 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<Option<Duration>, Reconci
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
-    Ok((!converged).then_some(Duration::from_secs(10)))
+    // Member watches trigger reconciles as Deployments change; this is only a safety net.
+    Ok((!converged).then_some(Duration::from_secs(30)))
 }
 
 /// Renders the member Deployment (without namespace and replicas) and its template hash.
@@ -701,22 +717,22 @@ fn render(ais: &AIService, control_plane: &str) -> (serde_json::Value, String) {
 }
 
 /// Creates the namespace in a member if it is missing (labelled as Skyloom's).
-async fn ensure_namespace(client: &Client, pool: &str, ns: &str) -> Result<(), ReconcileError> {
+async fn ensure_namespace(client: &Client, pool: &str, ns: &str) -> Result<bool, ReconcileError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let member_err = |source| ReconcileError::Member {
         pool: pool.to_owned(),
         source,
     };
     if api.get_opt(ns).await.map_err(member_err)?.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     let obj: Namespace = serde_json::from_value(json!({
         "metadata": {"name": ns, "labels": {CREATED_NAMESPACE_LABEL: MANAGED_BY}}
     }))
     .unwrap_or_default();
     match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(member_err(e)),
     }
 }
@@ -738,9 +754,26 @@ async fn apply_deployment(
         pool: pool.to_owned(),
         source,
     };
-    ensure_namespace(&client, pool, &ns).await?;
+    let known = (pool.to_owned(), ns.clone());
+    let cached = ctx
+        .known_namespaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&known);
+    let created_now = if cached {
+        false
+    } else {
+        ensure_namespace(&client, pool, &ns).await?
+    };
+    ctx.known_namespaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(known.clone());
     let api: Api<Deployment> = Api::namespaced(client, &ns);
-    if ctx.registry.deployments_of(pool, &ns, &name).is_empty()
+    // A namespace created just now holds nothing; otherwise an object of that name that the
+    // watch (which sees only Skyloom's objects) does not show must be looked at first.
+    if !created_now
+        && ctx.registry.deployments_of(pool, &ns, &name).is_empty()
         && let Some(existing) = api.get_opt(&name).await.map_err(member_err)?
         && identity::owner_of(&existing.metadata, ctx.registry.control_plane()).is_none()
     {
@@ -952,9 +985,14 @@ async fn publish_transitions(
             action: format!("Set{}", c.type_),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, object).await {
-            tracing::debug!("event not published: {e}");
-        }
+        let recorder = ctx.recorder.clone();
+        let object = object.clone();
+        // Events are best effort and must not slow the reconcile down.
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &object).await {
+                tracing::debug!("event not published: {e}");
+            }
+        });
     }
 }
 

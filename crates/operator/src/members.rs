@@ -373,6 +373,12 @@ impl Registry {
         entry
             .observed()
             .into_iter()
+            // The member Deployment has the AIService's namespace and name; compare those
+            // first, the ownership marks (a hash) only for the match.
+            .filter(|d| {
+                d.metadata.name.as_deref() == Some(name)
+                    && d.metadata.namespace.as_deref() == Some(namespace)
+            })
             .filter(|d| {
                 owner_of(&d.metadata, &self.settings.control_plane)
                     .is_some_and(|(ns, n)| ns == namespace && n == name)
@@ -453,8 +459,19 @@ fn classify(e: &kube::Error) -> Health {
     }
 }
 
-async fn probe_once(client: &Client) -> Result<(String, Capacity), kube::Error> {
+/// Capacity is rediscovered at most this often (listing every Pod of a large member on every
+/// health probe would cost more than it tells).
+const CAPACITY_REFRESH: Duration = Duration::from_secs(30);
+
+/// One probe: the version (health) always, the capacity when `with_capacity`.
+async fn probe_once(
+    client: &Client,
+    with_capacity: bool,
+) -> Result<(String, Option<Capacity>), kube::Error> {
     let version = client.apiserver_version().await?;
+    if !with_capacity {
+        return Ok((version.git_version, None));
+    }
     let nodes: Api<Node> = Api::all(client.clone());
     let nodes = nodes.list(&ListParams::default()).await?;
     let pods: Api<Pod> = Api::all(client.clone());
@@ -463,7 +480,7 @@ async fn probe_once(client: &Client) -> Result<(String, Capacity), kube::Error> 
         .await?;
     Ok((
         version.git_version,
-        capacity::compute(&nodes.items, &pods.items),
+        Some(capacity::compute(&nodes.items, &pods.items)),
     ))
 }
 
@@ -475,11 +492,15 @@ async fn probe_loop(
     notify: Notify,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let mut capacity_at: Option<Instant> = None;
     loop {
         let started = Instant::now();
+        // Rediscover capacity periodically, and at once after the member was not Ready.
+        let with_capacity = capacity_at.is_none_or(|t| t.elapsed() >= CAPACITY_REFRESH)
+            || read(&view).health != Health::Ready;
         let result = tokio::time::timeout(
             interval.max(Duration::from_secs(5)) * 2,
-            probe_once(&client),
+            probe_once(&client, with_capacity),
         )
         .await;
         let changed = {
@@ -491,7 +512,10 @@ async fn probe_loop(
                     v.health = Health::Ready;
                     v.not_ready_since = None;
                     v.version = Some(version);
-                    v.capacity = Some(cap);
+                    if let Some(cap) = cap {
+                        v.capacity = Some(cap);
+                        capacity_at = Some(Instant::now());
+                    }
                 }
                 Ok(Err(e)) => {
                     let health = classify(&e);

@@ -63,7 +63,7 @@ pub struct PlanArgs {
     pub current: Option<PathBuf>,
 
     /// Solver time limit in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub time_limit: f64,
 }
 

@@ -163,7 +163,7 @@ pub async fn run(
             solver_time_limit: Duration::from_millis(args.solver_time_limit_millis.max(10)),
             orphan_grace: Duration::from_secs(args.orphan_grace_period_seconds),
             probe_interval: args.probe_interval(),
-            workers: 4,
+            workers: args.workers.clamp(1, 256),
         },
         registry.clone(),
         stores,

@@ -1,0 +1,263 @@
+//! Operator benchmark on the testbed: N AIServices over 5 members. Prints the time until every
+//! member Deployment exists, the apply-to-created latency (p50/p99), the operator's RSS and idle
+//! CPU, and its reconcile errors. The operator runs as its own process (the release binary).
+//!
+//! `scripts/bench-operator [N]` builds what it needs and runs this.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a failure ends the run
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use skyloom_api::AIService;
+use skyloom_e2e::operator::{OPERATOR_NAMESPACE, pool_for, register_members};
+use skyloom_testbed::{MemberSpec, NodeGroup, Testbed, TestbedSpec};
+
+fn spec() -> TestbedSpec {
+    let member = |name: &str, region: &str| MemberSpec {
+        name: name.into(),
+        region: Some(region.into()),
+        zone: None,
+        nodes: vec![NodeGroup {
+            name: "n".into(),
+            count: 4,
+            cpu: "256".into(),
+            memory: "1Ti".into(),
+            gpu: 0,
+            instance_type: None,
+            labels: Default::default(),
+        }],
+    };
+    TestbedSpec {
+        name: "bench".into(),
+        hub: true,
+        members: vec![
+            member("aws-us-east-1", "us-east-1"),
+            member("aws-eu-west-1", "eu-west-1"),
+            member("gcp-europe-west4", "europe-west4"),
+            member("azure-eastus", "eastus"),
+            member("azure-westeurope", "westeurope"),
+        ],
+    }
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12) // utime + stime, fields 14 and 15 of the full line
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let skyloom = std::env::var("SKYLOOM_BIN").unwrap_or_else(|_| "target/release/skyloom".into());
+    eprintln!("starting a hub and 5 members...");
+    let tb = Testbed::start(spec()).await.unwrap();
+    register_members(&tb, |m| pool_for(m, "2.00"))
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(tb.work_dir().join("operator.log")).unwrap();
+    let mut op = std::process::Command::new(&skyloom)
+        .args([
+            "run",
+            "--leader-elect=false",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--control-plane-id",
+            "bench",
+        ])
+        .arg("--kubeconfig")
+        .arg(tb.hub().kubeconfig_path())
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("SKYLOOM_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting the operator (build it with cargo build --release -p skyloom)");
+    let pid = op.id();
+
+    // Watch every member for Deployments and note when each first appears.
+    let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    for m in tb.members() {
+        let api: Api<Deployment> = Api::all(m.direct_client().await.unwrap());
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let stream = kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(
+                api,
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=skyloom"),
+            ));
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev {
+                    let key = format!(
+                        "{}/{}",
+                        d.metadata.namespace.unwrap_or_default(),
+                        d.metadata.name.unwrap_or_default()
+                    );
+                    seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let hub = tb.hub().client().await.unwrap();
+    let namespaces = 10;
+    for i in 0..namespaces {
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": format!("bench-{i}")}}))
+                .unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(hub.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    eprintln!("creating {n} AIServices...");
+    let busy_before = cpu_ticks(pid);
+    let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let hub = hub.clone();
+            let created = created.clone();
+            async move {
+                let ns = format!("bench-{}", i % namespaces);
+                let name = format!("svc-{i}");
+                let ais: AIService = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "skyloom.io/v1alpha1", "kind": "AIService",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "registry.example/m:1",
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}},
+                }))
+                .unwrap();
+                Api::<AIService>::namespaced(hub, &ns).create(&PostParams::default(), &ais).await.unwrap();
+                created.lock().unwrap().insert(format!("{ns}/{name}"), Instant::now());
+            }
+        })
+        .await;
+    let applied = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if seen.lock().unwrap().len() >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = start.elapsed();
+    let busy_cpu_s = (cpu_ticks(pid) - busy_before) as f64 / 100.0;
+    let mut latencies: Vec<Duration> = {
+        let seen = seen.lock().unwrap();
+        created
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, c)| seen.get(k).map(|s| s.saturating_duration_since(*c)))
+            .collect()
+    };
+    latencies.sort();
+    let found = latencies.len();
+    let peak_rss_mib = proc_field(pid, "VmHWM:") as f64 / 1024.0;
+
+    // Idle: let status writes settle, then measure CPU over 30 s.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let ticks_per_s = 100.0;
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let idle_cpu = (cpu_ticks(pid) - t0) as f64 / ticks_per_s / 30.0 * 100.0;
+    let rss_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let metrics = reqwest_less_get(port).await;
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("skyloom_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let solves = metric("skyloom_solve_duration_seconds_count");
+    let solve_seconds = metric("skyloom_solve_duration_seconds_sum");
+    let reconciles = metric("skyloom_reconciles_total");
+    let _ = op.kill();
+    let _ = op.wait();
+
+    eprintln!(
+        "operator CPU while converging: {busy_cpu_s:.1} s over {:.1} s of wall time",
+        total.as_secs_f64()
+    );
+    eprintln!(
+        "solves: {solves} taking {solve_seconds:.2} s in all (mean {:.0} ms); reconciles: {reconciles}",
+        if solves > 0.0 {
+            solve_seconds / solves * 1000.0
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "| AIServices | members | created in | all member Deployments after | latency p50 | latency p99 | max | operator peak RSS | RSS after | idle CPU | reconcile errors |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {n} ({found} seen) | 5 | {:.1} s | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {peak_rss_mib:.0} MiB | {rss_mib:.0} MiB | {idle_cpu:.2} % of a core | {errors} |",
+        applied.as_secs_f64(),
+        total.as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    drop(tb);
+    // The member watches would retry forever against the stopped testbed.
+    std::process::exit(0);
+}
+
+/// GET /metrics with a bare HTTP/1.0 request (no HTTP client dependency for one call).
+async fn reqwest_less_get(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
