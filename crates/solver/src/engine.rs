@@ -35,7 +35,7 @@ pub struct SolveOptions {
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            time_limit: Duration::from_secs(10),
+            time_limit: Duration::from_secs(30),
             exact_max_vars: 120,
             exact_nodes_per_stage: 2_000,
             search_passes: 12,

@@ -18,15 +18,18 @@ pub struct Guide {
 
 impl Guide {
     /// No capacity prices.
-    pub fn none(model: &Model) -> Self {
+    pub fn none(_model: &Model) -> Self {
         Guide {
-            prices: vec![0.0; model.cloud_count() * model.resource_count()],
+            prices: Vec::new(),
             cutoff: None,
         }
     }
 
-    /// The capacity price of one replica of `j` on `i`.
+    /// The capacity price of one replica of `j` on `i` (0 without prices).
     pub fn replica_price(&self, model: &Model, j: usize, i: usize) -> f64 {
+        if self.prices.is_empty() {
+            return 0.0;
+        }
         let rc = model.resource_count();
         let demand = &model.services[j].demand_f;
         let prices = &self.prices[i * rc..(i + 1) * rc];

@@ -297,11 +297,10 @@ fn place_with_ejection(
         let leave_key = source_key(model, state, o, b);
         // Cheap test first (is the move affordable at all?), capacity last.
         let mut destinations: Vec<(f64, usize)> = (0..n)
-            .filter(|&c| c != b)
+            .filter(|&c| c != b && state.x(o, c) + state.r(o, c) + units <= so.cap[c])
             .map(|c| (marginal_key(model, state, none, o, c), c))
             .filter(|&(key, c)| {
                 (key - leave_key) * f64::from(units) < gain
-                    && state.x(o, c) + state.r(o, c) + units <= so.cap[c]
                     && fits_after_release(model, state, o, c, units, source.map(|(a, _)| (j, a)))
             })
             .collect();

@@ -1,12 +1,17 @@
-//! A lower bound on the objective value, and capacity prices, by Lagrangian relaxation.
+//! Lagrangian relaxations of the capacity rows: a lower bound on the value with shadow
+//! prices, and the placement relaxation that guides rounding.
 //!
-//! With the number of placed replicas of every service fixed, relaxing the capacity rows
-//! with multipliers `λ_ik ≥ 0` splits the problem into one tiny problem per service: take
-//! its replicas from the clouds with the lowest `value_ij + Σ_k λ_ik q_jk`. For any `λ` the
-//! result minus `Σ λ_ik C_ik` is a valid lower bound on the best value with those counts
-//! (spread rules are relaxed too, which only lowers the bound). Subgradient steps (Polyak's
-//! rule, with the best known placement as target) raise the bound; at the best `λ` the
+//! [`bound`]: with the number of placed replicas of every service fixed, relaxing the
+//! capacity rows with multipliers `λ_ik ≥ 0` splits the problem into one tiny problem per
+//! service: take its replicas from the clouds with the lowest `value_ij + Σ_k λ_ik q_jk`. For
+//! any `λ` the result minus `Σ λ_ik C_ik` is a valid lower bound on the best value with those
+//! counts (spread rules are relaxed too, which only lowers the bound). Subgradient steps
+//! (Polyak's rule, with the known placement as target) raise the bound; at the best `λ` the
 //! multipliers approximate the LP duals of the capacity rows: the shadow prices.
+//!
+//! [`placement_relaxation`]: the same relaxation of "place as many replicas as possible,
+//! highest priority first, then cheapest", solved by the volume algorithm, whose averaged
+//! subproblem solutions approximate the LP's fractional placement.
 
 use crate::model::Model;
 
