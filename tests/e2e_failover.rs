@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use skyloom_api::AIService;
-use skyloom_e2e::operator::{OperatorHandle, pool_for, register_members, test_args};
+use skyloom_e2e::operator::{OperatorHandle, register_priced_members, test_args};
 use skyloom_e2e::{TestNamespace, eventually, shared};
 use skyloom_testbed::Testbed;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
@@ -24,16 +24,9 @@ async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
     let guard = SERIAL.lock().await;
     let tb = shared().await;
     ENV.get_or_init(|| async {
-        register_members(tb, |m| {
-            let price = match m.name() {
-                "aws-us-east-1" => "3.00",
-                "gcp-europe-west4" => "2.50",
-                _ => "2.00",
-            };
-            pool_for(m, price)
-        })
-        .await
-        .expect("members registered");
+        register_priced_members(tb)
+            .await
+            .expect("members registered");
         OperatorHandle::start(tb, test_args())
     })
     .await;

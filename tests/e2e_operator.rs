@@ -28,16 +28,9 @@ async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
     let guard = SERIAL.lock().await;
     let tb = shared().await;
     ENV.get_or_init(|| async {
-        register_members(tb, |m| {
-            let price = match m.name() {
-                "aws-us-east-1" => "3.00",
-                "gcp-europe-west4" => "2.50",
-                _ => "2.00",
-            };
-            pool_for(m, price)
-        })
-        .await
-        .expect("members registered");
+        register_priced_members(tb)
+            .await
+            .expect("members registered");
         OperatorHandle::start(tb, test_args())
     })
     .await;

@@ -161,3 +161,17 @@ pub fn pool_for(member: &Member, gpu_price: &str) -> serde_json::Value {
         }
     })
 }
+
+/// Registers the default testbed's members with GPU prices that make the choice obvious:
+/// azure-eastus 2.00, gcp-europe-west4 2.50, aws-us-east-1 3.00 USD per GPU-hour.
+pub async fn register_priced_members(testbed: &Testbed) -> anyhow::Result<()> {
+    register_members(testbed, |m| {
+        let price = match m.name() {
+            "aws-us-east-1" => "3.00",
+            "gcp-europe-west4" => "2.50",
+            _ => "2.00",
+        };
+        pool_for(m, price)
+    })
+    .await
+}
