@@ -197,12 +197,13 @@ pub fn execute(args: &PlanArgs) -> Result<Rendered, PlanError> {
             meta.namespace.as_deref().unwrap_or("default"),
             meta.name.as_deref().unwrap_or_default()
         );
-        let running = current.get(&key).cloned().unwrap_or_default();
-        let service =
-            snapshot::service(&located.object, running).map_err(|issue| PlanError::Spec {
+        let held = current.get(&key).cloned().unwrap_or_default();
+        let mut service =
+            snapshot::service(&located.object, held.replicas).map_err(|issue| PlanError::Spec {
                 origin: Box::new(located.origin.clone()),
                 issue: Box::new(issue),
             })?;
+        service.current_reserve = held.reserve;
         if let Some(names) = &service.placement.clouds {
             for name in names {
                 if !clouds.iter().any(|c| &c.name == name) {

@@ -310,5 +310,6 @@ pub fn service(ais: &AIService, current: BTreeMap<String, u32>) -> Result<Servic
         tolerations,
         min_savings_percent: clamp(spec.migration().min_savings_percent()).min(100),
         current,
+        current_reserve: BTreeMap::new(),
     })
 }

@@ -252,8 +252,21 @@ fn solve_group(
 
     // With the real objective: what runs now, kept within the new caps and capacity and
     // filled, against the candidates above; the best is then improved until no move pays.
+    let polish_limits = SearchLimits {
+        passes: options.search_passes * 4,
+        stop_when_polishing: false,
+        deadline,
+    };
     warm_start(model, state, group);
     construct(model, state, &none, group);
+    if group
+        .iter()
+        .any(|&j| model.services[j].current.iter().any(|&c| c > 0))
+    {
+        // Re-planning reserves and fills around what runs now can differ from the answer
+        // that put it there; improving it first lets that answer win again.
+        outcome.time_limited |= improve(model, state, &none, group, polish_limits);
+    }
     let mut best = extract(state, group);
     let mut best_score = state.score(model, group);
     for rows in std::iter::once(&rounded)
@@ -270,11 +283,6 @@ fn solve_group(
     }
     clear(model, state, group);
     restore(model, state, group, &best);
-    let polish_limits = SearchLimits {
-        passes: options.search_passes * 4,
-        stop_when_polishing: false,
-        deadline,
-    };
     outcome.time_limited |= improve(model, state, &none, group, polish_limits);
     best = extract(state, group);
     best_score = state.score(model, group);
@@ -319,8 +327,9 @@ fn is_feasible(model: &Model, state: &State, group: &[usize]) -> bool {
         })
 }
 
-/// Places what runs now, within caps; then, where a cloud is over capacity, removes
-/// replicas (lowest priority first, then dearest) until it fits.
+/// Places what runs now (and the reserve held now), within caps; then, where a cloud is
+/// over capacity, gives up reserve first, then replicas (lowest priority first, then
+/// dearest) until it fits.
 fn warm_start(model: &Model, state: &mut State, group: &[usize]) {
     clear(model, state, group);
     let n = model.cloud_count();
@@ -334,10 +343,24 @@ fn warm_start(model: &Model, state: &mut State, group: &[usize]) {
                 left -= keep;
             }
         }
+        if s.survive_target > 0 {
+            for i in 0..n {
+                let room = s.cap[i].max(s.hold_cap[i]).saturating_sub(state.x(j, i));
+                let reserve = s.current_reserve[i].min(room);
+                if reserve > 0 && s.admission[i].is_open() {
+                    state.change(model, j, i, 0, i64::from(reserve));
+                }
+            }
+        }
     }
     for i in 0..n {
         if state.within_capacity(model, i) {
             continue;
+        }
+        for &j in group {
+            while state.r(j, i) > 0 && !state.within_capacity(model, i) {
+                state.change(model, j, i, 0, -1);
+            }
         }
         let mut order: Vec<usize> = group
             .iter()

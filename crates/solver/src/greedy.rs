@@ -88,9 +88,24 @@ pub fn fill(model: &Model, state: &mut State, guide: &Guide, j: usize) {
 /// Places the missing replicas of `j`, cheapest clouds first, honouring caps, capacity and
 /// `minClouds`.
 pub fn fill_running(model: &Model, state: &mut State, guide: &Guide, j: usize) {
+    fill_up_to(model, state, guide, j, u32::MAX);
+}
+
+/// Places the first replicas of `j`: one on each of its `minClouds` best clouds (at least
+/// one), the part of its placement the objective values most.
+pub fn fill_first(model: &Model, state: &mut State, guide: &Guide, j: usize) {
+    let s = &model.services[j];
+    fill_up_to(model, state, guide, j, s.min_clouds.max(1));
+}
+
+/// Places missing replicas of `j` until it has `total` (or its desired count).
+fn fill_up_to(model: &Model, state: &mut State, guide: &Guide, j: usize, total: u32) {
     let s = &model.services[j];
     let limit = guide.cutoff.as_ref().map_or(f64::INFINITY, |c| c[s.tier]);
-    let mut need = s.desired.saturating_sub(state.row(j).iter().sum());
+    let mut need = s
+        .desired
+        .min(total)
+        .saturating_sub(state.row(j).iter().sum());
     // minClouds first: one replica on each of the best clouds not used yet.
     let mut used_clouds = state.row(j).iter().filter(|&&x| x > 0).count() as u32;
     while need > 0 && used_clouds < s.min_clouds {
@@ -209,12 +224,25 @@ pub fn trim_reserve(model: &Model, state: &mut State, j: usize) {
     }
 }
 
-/// Fills every service of `group` in [`fill_order`]: first the running replicas of all,
-/// then the failover reserves.
+/// Fills every service of `group` in [`fill_order`]: first the first replicas of each
+/// priority's services (so that every service runs somewhere before any gets more), then
+/// the rest of their replicas, then the failover reserves.
 pub fn construct(model: &Model, state: &mut State, guide: &Guide, group: &[usize]) {
     let order = fill_order(model, group);
-    for &j in &order {
-        fill_running(model, state, guide, j);
+    let mut start = 0;
+    while start < order.len() {
+        let tier = model.services[order[start]].tier;
+        let end = order[start..]
+            .iter()
+            .position(|&j| model.services[j].tier != tier)
+            .map_or(order.len(), |p| start + p);
+        for &j in &order[start..end] {
+            fill_first(model, state, guide, j);
+        }
+        for &j in &order[start..end] {
+            fill_running(model, state, guide, j);
+        }
+        start = end;
     }
     for &j in &order {
         plan_reserve(model, state, guide, j);

@@ -80,6 +80,8 @@ pub struct ServiceData {
     pub stay_bonus: Vec<i128>,
     /// Replicas running now, per cloud.
     pub current: Vec<u32>,
+    /// Failover reserve held now, per cloud.
+    pub current_reserve: Vec<u32>,
     /// Replicas that must survive the loss of one failure domain; 0 when not asked.
     pub survive_target: u32,
     /// Fewest clouds to use, reduced to what desired replicas and usable clouds allow.
@@ -174,6 +176,7 @@ impl Model {
         let mut blind = self.clone();
         for s in &mut blind.services {
             s.current.iter_mut().for_each(|c| *c = 0);
+            s.current_reserve.iter_mut().for_each(|c| *c = 0);
             s.stay_bonus.iter_mut().for_each(|b| *b = 0);
             s.stay_bonus_f.iter_mut().for_each(|b| *b = 0.0);
         }
@@ -211,6 +214,10 @@ fn build_service(
     let current: Vec<u32> = clouds
         .iter()
         .map(|c| service.current.get(&c.name).copied().unwrap_or(0))
+        .collect();
+    let current_reserve: Vec<u32> = clouds
+        .iter()
+        .map(|c| service.current_reserve.get(&c.name).copied().unwrap_or(0))
         .collect();
 
     let spread = &service.placement.spread;
@@ -327,6 +334,7 @@ fn build_service(
         cost_weight: weights.cost_weight,
         stay_bonus,
         current,
+        current_reserve,
         survive_target,
         min_clouds,
         min_clouds_asked: spread.min_clouds,

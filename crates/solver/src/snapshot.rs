@@ -112,6 +112,11 @@ pub struct Service {
     /// their replicas count as lost and are re-placed.
     #[serde(default)]
     pub current: BTreeMap<String, u32>,
+    /// Failover reserve held now (from the previous plan), per cloud name, in replicas. With
+    /// it, a plan fed back as the current placement is reproduced exactly; without it the
+    /// reserve is planned afresh around the running replicas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub current_reserve: BTreeMap<String, u32>,
 }
 
 /// Where a service may and should run.
@@ -244,6 +249,7 @@ impl Service {
             tolerations: Vec::new(),
             min_savings_percent: 0,
             current: BTreeMap::new(),
+            current_reserve: BTreeMap::new(),
         }
     }
 
@@ -483,6 +489,9 @@ fn validate_service(service: &Service) -> Result<(), SnapshotError> {
     )?;
     for (cloud, &count) in &service.current {
         within(&format!("current[{cloud}]"), count, MAX_REPLICAS)?;
+    }
+    for (cloud, &count) in &service.current_reserve {
+        within(&format!("currentReserve[{cloud}]"), count, MAX_REPLICAS)?;
     }
     Ok(())
 }

@@ -52,12 +52,14 @@ proptest! {
         let first = solve(&snapshot, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut parts = snapshot.into_parts();
         for service in &mut parts.services {
-            service.current = first
+            let placements = first
                 .services
                 .iter()
                 .find(|s| s.name == service.name)
-                .map(|s| s.placements.iter().filter(|p| p.replicas > 0).map(|p| (p.cloud.clone(), p.replicas)).collect())
+                .map(|s| s.placements.clone())
                 .unwrap_or_default();
+            service.current = placements.iter().filter(|p| p.replicas > 0).map(|p| (p.cloud.clone(), p.replicas)).collect();
+            service.current_reserve = placements.iter().filter(|p| p.reserve > 0).map(|p| (p.cloud.clone(), p.reserve)).collect();
         }
         let again = Snapshot::new(parts.clouds, parts.services).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let second = solve(&again, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;

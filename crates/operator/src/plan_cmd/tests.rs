@@ -343,3 +343,24 @@ proptest! {
         let _ = execute(&args(vec![file], Format::Json));
     }
 }
+
+#[test]
+fn a_plan_fed_back_as_current_is_reproduced() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/samples");
+    if !samples.is_dir() {
+        return;
+    }
+    let dir = TempDir::new();
+    let first = execute(&args(vec![samples.clone()], Format::Json)).expect("plans");
+    let current = dir.write("current.json", &first.text);
+    let mut again = args(vec![samples], Format::Json);
+    again.current = Some(current);
+    let second = execute(&again).expect("plans");
+    let placements = |doc: &serde_json::Value| -> Vec<serde_json::Value> {
+        doc["services"]
+            .as_array()
+            .map(|s| s.iter().map(|s| s["placements"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(placements(&json(&first)), placements(&json(&second)));
+}

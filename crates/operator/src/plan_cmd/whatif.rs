@@ -148,11 +148,21 @@ pub fn apply(clouds: &mut Vec<Cloud>, what_ifs: &WhatIfs) -> Result<(), WhatIfEr
     Ok(())
 }
 
-/// Replicas running now per service (`namespace/name`) and cloud.
-pub type Current = BTreeMap<String, BTreeMap<String, u32>>;
+/// What a service holds now, per cloud.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Running replicas.
+    pub replicas: BTreeMap<String, u32>,
+    /// Failover reserve, in replicas (from a previous plan).
+    pub reserve: BTreeMap<String, u32>,
+}
+
+/// What each service (`namespace/name`) holds now.
+pub type Current = BTreeMap<String, Held>;
 
 /// Reads the current placement: the output of a previous `skyloom plan -o json` (or
-/// `-o yaml`), whose `services[].placements[]` give the replicas per cloud, or AIService
+/// `-o yaml`), whose `services[].placements[]` give the replicas and reserve per cloud, or
+/// AIService
 /// manifests whose `status.placements[]` give them (`available`, else `desired`).
 pub fn read_current(path: &Path) -> Result<Current, WhatIfError> {
     let display = path.display().to_string();
@@ -170,7 +180,13 @@ pub fn read_current(path: &Path) -> Result<Current, WhatIfError> {
                 let key = service_key(service, &["namespace"], &["name"])
                     .ok_or_else(|| fail(format!("services[{index}] has no namespace and name")))?;
                 let placements = service.get("placements").and_then(|p| p.as_array());
-                current.insert(key, counts(placements, &["replicas"]));
+                current.insert(
+                    key,
+                    Held {
+                        replicas: counts(placements, &["replicas"]),
+                        reserve: counts(placements, &["reserve"]),
+                    },
+                );
             }
         } else if value.get("kind").and_then(|k| k.as_str()) == Some("AIService") {
             let key = service_key(&value, &["metadata", "namespace"], &["metadata", "name"])
@@ -179,7 +195,13 @@ pub fn read_current(path: &Path) -> Result<Current, WhatIfError> {
                 .get("status")
                 .and_then(|s| s.get("placements"))
                 .and_then(|p| p.as_array());
-            current.insert(key, counts(placements, &["available", "desired"]));
+            current.insert(
+                key,
+                Held {
+                    replicas: counts(placements, &["available", "desired"]),
+                    reserve: BTreeMap::new(),
+                },
+            );
         } else {
             return Err(fail(format!(
                 "document at line {line} is neither `skyloom plan` output nor an AIService"
