@@ -217,6 +217,30 @@ pub fn execute(args: &PlanArgs) -> Result<Rendered, PlanError> {
         }
         services.push(service);
     }
+    // Offline, a resource a CloudPool does not declare has no capacity: say so, since a
+    // forgotten `cpu` or `memory` would otherwise show up only as "full".
+    let demanded: std::collections::BTreeSet<&String> =
+        services.iter().flat_map(|s| s.demand.keys()).collect();
+    for cloud in &clouds {
+        let missing: Vec<&str> = demanded
+            .iter()
+            .filter(|r| !cloud.capacity.contains_key(**r))
+            .map(|r| r.as_str())
+            .collect();
+        let origin = manifests
+            .pools
+            .iter()
+            .find(|p| p.object.metadata.name.as_deref() == Some(cloud.name.as_str()))
+            .map(|p| format!("{}: ", p.origin))
+            .unwrap_or_default();
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "{origin}CloudPool {}: spec.capacity declares no {}; planning with none",
+                cloud.name,
+                missing.join(", ")
+            ));
+        }
+    }
     for key in current.keys() {
         if !services
             .iter()

@@ -364,3 +364,23 @@ fn a_plan_fed_back_as_current_is_reproduced() {
     };
     assert_eq!(placements(&json(&first)), placements(&json(&second)));
 }
+
+#[test]
+fn undeclared_capacity_is_warned_about() {
+    let dir = TempDir::new();
+    let pools = POOLS.replace(
+        "{cpu: \"16\", memory: 64Gi, nvidia.com/gpu: \"2\"}",
+        "{nvidia.com/gpu: \"2\"}",
+    );
+    let file = dir.write("all.yaml", &format!("{pools}{}", service("chat", 1, 1)));
+    let rendered = execute(&args(vec![file], Format::Table)).expect("plans");
+    assert_eq!(rendered.unplaced, 1);
+    assert!(
+        rendered
+            .warnings
+            .iter()
+            .any(|w| w.contains("CloudPool aws") && w.contains("cpu, memory")),
+        "{:?}",
+        rendered.warnings
+    );
+}
