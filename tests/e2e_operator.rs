@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use skyloom_api::{AIService, CloudPool};
 use skyloom_e2e::operator::{
-    OPERATOR_NAMESPACE, OperatorHandle, pool_for, register_members, test_args,
+    OPERATOR_NAMESPACE, OperatorHandle, register_priced_members, test_args,
 };
 use skyloom_e2e::{TestNamespace, eventually, run_kubectl, shared};
 use skyloom_testbed::Testbed;
