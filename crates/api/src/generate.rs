@@ -37,7 +37,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![CloudPool::crd(), AIService::crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
                 reflow_descriptions(schema);
             }
         }
@@ -63,10 +67,15 @@ fn reflow_descriptions(schema: &mut JSONSchemaProps) {
             JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
             JSONSchemaPropsOrArray::Schemas(_) => None,
         }))
-        .chain(schema.additional_properties.iter_mut().filter_map(|a| match a {
-            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
-            JSONSchemaPropsOrBool::Bool(_) => None,
-        }));
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        );
     for child in children {
         reflow_descriptions(child);
     }
