@@ -87,8 +87,10 @@ pub fn cloud(pool: &CloudPool, facts: &PoolFacts) -> Result<Cloud, SpecIssue> {
             Err(e) => return Err(issue(format!("spec.prices[{res}]"), e.to_string())),
         }
     }
-    let score = u32::try_from(spec.performance_score())
-        .unwrap_or(0)
+    // The schema allows 1..=10000; objects that bypassed it (files for `skyloom plan`) are
+    // checked here with the same bounds.
+    let score = within("spec.performanceScore", spec.performance_score(), 1, 10_000)
+        .map_err(|(field, message)| issue(field, message))?
         .min(MAX_PERFORMANCE_SCORE);
     let mut labels: BTreeMap<String, String> = pool.metadata.labels.clone().unwrap_or_default();
     labels
@@ -312,4 +314,21 @@ pub fn service(ais: &AIService, current: BTreeMap<String, u32>) -> Result<Servic
         current,
         current_reserve: BTreeMap::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_performance_score_outside_the_schema_bounds_is_an_issue_naming_the_field() {
+        let pool: CloudPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "skyloom.io/v1alpha1", "kind": "CloudPool", "metadata": {"name": "p"},
+            "spec": {"provider": "aws", "region": "us-east-1", "kubeconfigSecretRef": {"name": "s"}, "performanceScore": -5}
+        }))
+        .unwrap();
+        let err = cloud(&pool, &PoolFacts::default()).unwrap_err();
+        assert_eq!(err.field, "spec.performanceScore");
+        assert!(err.message.contains("-5"), "{}", err.message);
+    }
 }
