@@ -240,21 +240,23 @@ def table(directory, names):
             fmt_penalties(gr_pen) if gr_pen else f"{gr['unplaced']}+{gr['spreadShortfall']}",
             f"{gr['costPerHour']:.2f}",
         ]
-        if hi and hi.get("value") is not None:
+        if hi:
             hi_pen = penalties_of_highs(model, hi)
             bound = hi.get("valueBound")
+            has_value = hi.get("value") is not None
             cells += [
                 f"{hi['seconds']:.1f}" + ("" if hi["optimal"] else " (limit)"),
                 fmt_penalties(hi_pen),
-                f"{hi['costPerHour']:.2f}",
+                f"{hi['costPerHour']:.2f}" if has_value else "-",
                 "-" if bound is None else f"{bound:.2f}",
             ]
-            if hi_pen == sk_pen:
+            if has_value:
                 gap = (sk["value"] - hi["value"]) / abs(hi["value"]) * 100
-                cells.append(f"{gap:+.2f} %")
-            else:
                 diff = sum(sk_pen) - sum(p or 0 for p in hi_pen)
-                cells.append(f"n/a ({diff:+d} penalty)")
+                note = "" if diff == 0 else f" ({diff:+d} penalty)"
+                cells.append(f"{gap:+.2f} %{note}")
+            else:
+                cells.append("-")
         else:
             cells += ["-", "-", "-", "-", "-"]
         cells.append(f"{gr['costPerHour'] - sk['costPerHour']:+.2f}")
@@ -271,7 +273,7 @@ def main():
     args = parser.parse_intermixed_args()
     names = args.instances or sorted(
         (p.name[: -len(".model.json")] for p in args.directory.glob("*.model.json")),
-        key=lambda s: tuple(int(x) for x in s.split("x")),
+        key=lambda s: (tuple(int(x) for x in s.rstrip("t").split("x")), s.endswith("t")),
     )
     if not args.skip_solve:
         for name in names:
