@@ -1,0 +1,175 @@
+//! Writes to member clusters: the rendered Deployment, its namespace, server-side apply and
+//! guarded deletes. Nothing here touches an object without Skyloom's marks.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use skyloom_api::AIService;
+
+use crate::identity::{
+    self, CREATED_NAMESPACE_LABEL, FIELD_MANAGER, MANAGED_BY, ownership_annotations,
+    workload_labels,
+};
+
+use super::reconcile::ReconcileError;
+use super::{Context, Key, TEMPLATE_HASH_ANNOTATION, key_of};
+
+/// Renders the member Deployment (without namespace and replicas) and its template hash.
+pub(super) fn render(ais: &AIService, control_plane: &str) -> (serde_json::Value, String) {
+    let (ns, name) = key_of(ais);
+    let labels = workload_labels(&ns, &name);
+    let mut template = serde_json::to_value(&ais.spec.template).unwrap_or_else(|_| json!({}));
+    let mut pod_labels: BTreeMap<String, String> = ais
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    pod_labels.extend(labels.clone());
+    if let Some(obj) = template.as_object_mut() {
+        let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("labels".into(), json!(pod_labels));
+        }
+    }
+    let spec = json!({
+        "selector": {"matchLabels": {identity::SERVICE_ID_LABEL: identity::service_id(&ns, &name)}},
+        "template": template,
+    });
+    let mut h = Sha256::new();
+    h.update(spec.to_string().as_bytes());
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut annotations =
+        ownership_annotations(&ns, &name, &ais.uid().unwrap_or_default(), control_plane);
+    annotations.insert(TEMPLATE_HASH_ANNOTATION.to_owned(), hash.clone());
+    let doc = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+        "spec": spec,
+    });
+    (doc, hash)
+}
+
+/// Creates the namespace in a member if it is missing (labelled as Skyloom's).
+pub(super) async fn ensure_namespace(
+    client: &Client,
+    pool: &str,
+    ns: &str,
+) -> Result<bool, ReconcileError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let member_err = |source| ReconcileError::Member {
+        pool: pool.to_owned(),
+        source,
+    };
+    if api.get_opt(ns).await.map_err(member_err)?.is_some() {
+        return Ok(false);
+    }
+    let obj: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": ns, "labels": {CREATED_NAMESPACE_LABEL: MANAGED_BY}}
+    }))
+    .unwrap_or_default();
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(member_err(e)),
+    }
+}
+
+/// Applies the Deployment in `pool`; returns false when an unowned object of that name is in
+/// the way (nothing is written then).
+pub(super) async fn apply_deployment(
+    ctx: &Context,
+    pool: &str,
+    ais: &AIService,
+    rendered: &serde_json::Value,
+    replicas: u32,
+) -> Result<bool, ReconcileError> {
+    let Some(client) = ctx.registry.client(pool) else {
+        return Ok(true);
+    };
+    let (ns, name) = key_of(ais);
+    let member_err = |source| ReconcileError::Member {
+        pool: pool.to_owned(),
+        source,
+    };
+    let known = (pool.to_owned(), ns.clone());
+    let cached = ctx
+        .known_namespaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&known);
+    let created_now = if cached {
+        false
+    } else {
+        ensure_namespace(&client, pool, &ns).await?
+    };
+    ctx.known_namespaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(known.clone());
+    let api: Api<Deployment> = Api::namespaced(client, &ns);
+    // A namespace created just now holds nothing; otherwise an object of that name that the
+    // watch (which sees only Skyloom's objects) does not show must be looked at first.
+    if !created_now
+        && ctx.registry.deployments_of(pool, &ns, &name).is_empty()
+        && let Some(existing) = api.get_opt(&name).await.map_err(member_err)?
+        && identity::owner_of(&existing.metadata, ctx.registry.control_plane()).is_none()
+    {
+        return Ok(false);
+    }
+    let mut doc = rendered.clone();
+    doc["spec"]["replicas"] = json!(replicas);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&doc),
+    )
+    .await
+    .map_err(member_err)?;
+    tracing::info!(service = %format!("{ns}/{name}"), pool, replicas, "applied member Deployment");
+    Ok(true)
+}
+
+/// Deletes the owned Deployment of `key` in `pool` (only if its UID is the observed owned one).
+pub(super) async fn delete_deployment(
+    ctx: &Context,
+    pool: &str,
+    key: &Key,
+) -> Result<(), ReconcileError> {
+    let Some(client) = ctx.registry.client(pool) else {
+        return Ok(());
+    };
+    let api: Api<Deployment> = Api::namespaced(client, &key.0);
+    for d in ctx.registry.deployments_of(pool, &key.0, &key.1) {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: d.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&d.name_any(), &params).await {
+            Ok(_) => {
+                tracing::info!(service = %format!("{}/{}", key.0, key.1), pool, "deleted member Deployment")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(source) => {
+                return Err(ReconcileError::Member {
+                    pool: pool.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The control loops: hub reflectors, the scheduler (one global decision from a consistent
+//! snapshot, debounced), per-service workers (fetch, decide targets, apply, status) and the
+//! CloudPool status writer. Workers and writers run only while this replica leads.
+
+mod finalize;
+mod member_writes;
+mod pool_status;
+mod reconcile;
+mod reflectors;
+mod scheduler;
+mod service_status;
+
+pub use pool_status::pool_status_loop;
+pub use reconcile::{ReconcileError, worker};
+pub use reflectors::start_reflectors;
+pub use scheduler::scheduler;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use skyloom_api::{AIService, CloudPool};
+
+use crate::members::{MemberEvent, Registry};
+use crate::metrics::Metrics;
+
+/// Annotation with a hash of everything Skyloom renders into a member Deployment but the
+/// replica count; a mismatch means the Deployment needs an update.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "skyloom.io/template-hash";
+
+/// (namespace, name) of an AIService.
+pub type Key = (String, String);
+
+/// The hub's stores: AIServices, CloudPools, Secrets of the operator namespace.
+pub type HubStores = (Store<AIService>, Store<CloudPool>, Store<Secret>);
+
+/// Last seen (generation, deleting) per object, to tell spec changes from status writes.
+type SeenGenerations<K> = Arc<Mutex<BTreeMap<K, (Option<i64>, bool)>>>;
+
+/// The scheduler's decision for one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The AIService generation decided on.
+    pub generation: Option<i64>,
+    /// Replicas per member.
+    pub replicas: BTreeMap<String, u32>,
+    /// Replicas that fit nowhere.
+    pub unplaced: u32,
+    /// Projected $/h.
+    pub cost_per_hour: f64,
+    /// Why.
+    pub explanation: skyloom_api::aiservice::Explanation,
+    /// A spec problem instead of a plan.
+    pub invalid: Option<String>,
+    /// Members whose replicas are being replaced (unreachable past the grace period).
+    pub failing_over: Vec<String>,
+}
+
+/// Settings of the control loops.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Operator namespace.
+    pub namespace: String,
+    /// Debounce before solving.
+    pub debounce: Duration,
+    /// Periodic re-optimisation (None: never).
+    pub reoptimize: Option<Duration>,
+    /// Solver time limit.
+    pub solver_time_limit: Duration,
+    /// How long a deleted AIService waits for unreachable members.
+    pub orphan_grace: Duration,
+    /// Probe period (also the pool status cadence).
+    pub probe_interval: Duration,
+    /// Concurrent service workers.
+    pub workers: usize,
+}
+
+/// A de-duplicating work queue of service keys.
+#[derive(Default)]
+pub struct WorkQueue {
+    state: Mutex<(BTreeSet<Key>, BTreeSet<Key>)>,
+    notify: tokio::sync::Notify,
+}
+
+impl WorkQueue {
+    /// Queues `key` (once, however often it is pushed before a worker takes it).
+    pub fn push(&self, key: Key) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert(key);
+        self.notify.notify_one();
+    }
+
+    /// Takes a key that no other worker is processing.
+    async fn pop(&self) -> Key {
+        loop {
+            {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (pending, active) = &mut *s;
+                if let Some(k) = pending.iter().find(|k| !active.contains(*k)).cloned() {
+                    pending.remove(&k);
+                    active.insert(k.clone());
+                    return k;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn done(&self, key: &Key) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(key);
+        self.notify.notify_one();
+    }
+}
+
+/// Shared state of the control loops.
+pub struct Context {
+    /// Hub client.
+    pub hub: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Members.
+    pub registry: Arc<Registry>,
+    /// AIServices on the hub.
+    pub services: Store<AIService>,
+    /// CloudPools on the hub.
+    pub pools: Store<CloudPool>,
+    /// Secrets in the operator namespace.
+    pub secrets: Store<Secret>,
+    /// Latest decision per service.
+    pub decisions: RwLock<BTreeMap<Key, Decision>>,
+    /// Services to reconcile.
+    pub queue: WorkQueue,
+    /// Wakes the scheduler.
+    pub schedule: tokio::sync::Notify,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Events on state changes.
+    pub recorder: Recorder,
+    /// (member, namespace) pairs known to exist, so a namespace is looked up once.
+    known_namespaces: Mutex<BTreeSet<(String, String)>>,
+    /// When the control loops were set up (for the startup grace).
+    started: Instant,
+    /// The scheduler must look again soon (it deferred a decision).
+    schedule_soon: std::sync::atomic::AtomicBool,
+}
+
+/// How long the first decisions wait for every member's Deployments to be listed.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(30);
+
+impl Context {
+    /// A context over started reflectors.
+    pub fn new(
+        hub: Client,
+        settings: Settings,
+        registry: Arc<Registry>,
+        stores: HubStores,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(
+                hub.clone(),
+                Reporter {
+                    controller: "skyloom".into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+            known_namespaces: Mutex::default(),
+            hub,
+            settings,
+            registry,
+            services: stores.0,
+            pools: stores.1,
+            secrets: stores.2,
+            decisions: RwLock::new(BTreeMap::new()),
+            queue: WorkQueue::default(),
+            schedule: tokio::sync::Notify::new(),
+            metrics,
+            started: Instant::now(),
+            schedule_soon: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Reacts to a member event: services to the queue, member changes to the scheduler.
+    pub fn on_member_event(&self, event: MemberEvent) {
+        match event {
+            MemberEvent::Service(ns, name) => self.queue.push((ns, name)),
+            MemberEvent::Member(_) => self.schedule.notify_one(),
+        }
+    }
+
+    fn decision(&self, key: &Key) -> Option<Decision> {
+        self.decisions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+}
+
+pub(crate) fn key_of(ais: &AIService) -> Key {
+    (ais.namespace().unwrap_or_default(), ais.name_any())
+}

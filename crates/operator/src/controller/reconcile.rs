@@ -1,0 +1,226 @@
+//! Service workers: fetch an AIService, turn its decision into per-member targets, apply
+//! them, write its status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+use skyloom_api::AIService;
+
+use crate::identity::FINALIZER;
+use crate::realise::{self, Action, Limits, Observed};
+use crate::status::{self, PoolReport, ServiceFacts};
+
+use super::finalize::finalize;
+use super::member_writes::{apply_deployment, delete_deployment, render};
+use super::service_status::write_service_status;
+use super::{Context, Key, TEMPLATE_HASH_ANNOTATION};
+
+/// Runs one service worker until aborted.
+pub async fn worker(ctx: Arc<Context>) {
+    let mut failures: BTreeMap<Key, u32> = BTreeMap::new();
+    loop {
+        let key = ctx.queue.pop().await;
+        let start = Instant::now();
+        let result = reconcile(&ctx, &key).await;
+        ctx.queue.done(&key);
+        ctx.metrics.observe_reconcile(
+            "aiservice",
+            start.elapsed(),
+            result.as_ref().err().map(|e| e.kind()),
+        );
+        match result {
+            Ok(Some(after)) => {
+                failures.remove(&key);
+                requeue(&ctx, key, after);
+            }
+            Ok(None) => {
+                failures.remove(&key);
+            }
+            Err(e) => {
+                let n = failures.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                let backoff = Duration::from_millis(500u64.saturating_mul(1 << (*n).min(6)))
+                    .min(Duration::from_secs(30));
+                tracing::warn!(service = %format!("{}/{}", key.0, key.1), kind = e.kind(), "reconcile failed, retrying in {backoff:?}: {e}");
+                requeue(&ctx, key, backoff);
+            }
+        }
+    }
+}
+
+pub(super) fn requeue(ctx: &Arc<Context>, key: Key, after: Duration) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        ctx.queue.push(key);
+    });
+}
+
+/// Errors of one service reconcile, each with a stable kind for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A call to the hub failed.
+    #[error("hub: {0}")]
+    Hub(#[source] kube::Error),
+    /// A call to a member failed.
+    #[error("member {pool}: {source}")]
+    Member {
+        /// The member.
+        pool: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// Stable kind for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Hub(_) => "hub_api",
+            ReconcileError::Member { .. } => "member_api",
+        }
+    }
+}
+
+/// Reconciles one AIService; returns when to look again if not converged.
+pub(super) async fn reconcile(
+    ctx: &Context,
+    key: &Key,
+) -> Result<Option<Duration>, ReconcileError> {
+    let Some(ais) = ctx.services.get(&ObjectRef::new(&key.1).within(&key.0)) else {
+        return Ok(None);
+    };
+    let api: Api<AIService> = Api::namespaced(ctx.hub.clone(), &key.0);
+    if ais.metadata.deletion_timestamp.is_some() {
+        return finalize(ctx, &ais, &api).await;
+    }
+    // The finalizer goes on before anything exists in a member; the updated object is used
+    // for the rest of this pass (no extra round through the queue).
+    let ais = if ais.finalizers().iter().any(|f| f == FINALIZER) {
+        ais
+    } else {
+        let mut finalizers = ais.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ais.resource_version()}});
+        let updated = api
+            .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(ReconcileError::Hub)?;
+        Arc::new(updated)
+    };
+    let decision = ctx.decision(key);
+    let views = ctx.registry.views();
+    let rendered = render(&ais, ctx.registry.control_plane());
+    let hash = rendered.1.clone();
+    let mut observed = BTreeMap::new();
+    let mut reports: BTreeMap<String, PoolReport> = BTreeMap::new();
+    for (pool, view) in &views {
+        let deployments = ctx.registry.deployments_of(pool, &key.0, &key.1);
+        let d = deployments.first();
+        let spec = d
+            .and_then(|d| d.spec.replicas)
+            .map(|r| u32::try_from(r).unwrap_or(0));
+        let st = d.and_then(|d| d.status.as_ref());
+        let count = |v: Option<i32>| u32::try_from(v.unwrap_or(0)).unwrap_or(0);
+        let available = count(st.and_then(|s| s.available_replicas));
+        let rolled_out = d.is_some_and(|d| {
+            let gen_ok =
+                d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation;
+            let hash_ok = d.annotations().get(TEMPLATE_HASH_ANNOTATION) == Some(&hash);
+            let updated = count(d.status.as_ref().and_then(|s| s.updated_replicas));
+            gen_ok && hash_ok && updated >= spec.unwrap_or(0)
+        });
+        observed.insert(
+            pool.clone(),
+            Observed {
+                observable: view.observable(),
+                spec_replicas: spec,
+                available,
+            },
+        );
+        reports.insert(
+            pool.clone(),
+            PoolReport {
+                desired: decision
+                    .as_ref()
+                    .and_then(|d| d.replicas.get(pool).copied())
+                    .unwrap_or(0),
+                spec: spec.unwrap_or(0),
+                ready: count(st.and_then(|s| s.ready_replicas)),
+                available,
+                rolled_out: rolled_out || spec.is_none(),
+                stale: !view.observable(),
+                problem: (!view.observable()).then(|| view.health.message()),
+            },
+        );
+    }
+    let mut conflicts = Vec::new();
+    let mut pending_writes = false;
+    if let Some(decision) = decision.as_ref().filter(|d| d.invalid.is_none()) {
+        let migration = ais.spec.migration();
+        let limits = Limits {
+            desired: u32::try_from(ais.spec.replicas).unwrap_or(0),
+            max_surge: u32::try_from(migration.max_surge()).unwrap_or(1),
+            max_unavailable: u32::try_from(migration.max_unavailable()).unwrap_or(0),
+        };
+        let targets = realise::targets(&decision.replicas, &observed, limits);
+        let needs_update = |pool: &str| {
+            ctx.registry
+                .deployments_of(pool, &key.0, &key.1)
+                .first()
+                .is_some_and(|d| d.annotations().get(TEMPLATE_HASH_ANNOTATION) != Some(&hash))
+        };
+        let actions = realise::actions(&targets, &observed, &needs_update);
+        pending_writes = !actions.is_empty()
+            || targets
+                .iter()
+                .any(|(p, n)| decision.replicas.get(p).copied().unwrap_or(0) != *n);
+        for action in actions {
+            match action {
+                Action::Apply { pool, replicas } => {
+                    match apply_deployment(ctx, &pool, &ais, &rendered.0, replicas).await {
+                        Ok(true) => {}
+                        Ok(false) => conflicts.push(format!(
+                            "member {pool} has a Deployment {}/{} that Skyloom does not own; it is left alone",
+                            key.0, key.1
+                        )),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Action::Delete { pool } => delete_deployment(ctx, &pool, key).await?,
+            }
+        }
+    }
+    let facts = ServiceFacts {
+        desired: u32::try_from(ais.spec.replicas).unwrap_or(0),
+        min_available: u32::try_from(ais.spec.min_replicas()).unwrap_or(0),
+        pools: reports,
+        unplaced: decision
+            .as_ref()
+            .filter(|d| d.invalid.is_none())
+            .map(|d| d.unplaced),
+        explanation: decision.as_ref().map(|d| d.explanation.clone()),
+        cost_per_hour: decision.as_ref().map(|d| d.cost_per_hour),
+        invalid: decision.as_ref().and_then(|d| d.invalid.clone()),
+        conflicts,
+        pending_writes,
+        failing_over: decision
+            .as_ref()
+            .map(|d| d.failing_over.clone())
+            .unwrap_or_default(),
+    };
+    let parts = status::service_status(&facts);
+    let converged = parts
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
+    // Member watches trigger reconciles as Deployments change; this is only a safety net.
+    Ok((!converged).then_some(Duration::from_secs(30)))
+}
