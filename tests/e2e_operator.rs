@@ -371,7 +371,7 @@ async fn an_exec_kubeconfig_is_refused_and_its_command_never_runs() {
                 .iter()
                 .find(|c| c.type_ == "Ready")?
                 .clone();
-            (c.status == "False" && c.reason == "KubeconfigRejected").then_some(c)
+            (c.status == "False" && c.reason == "InsecureKubeconfig").then_some(c)
         },
     )
     .await

@@ -44,8 +44,12 @@ pub enum Health {
     Unauthorized(String),
     /// The Secret or its key is missing.
     SecretNotFound(String),
-    /// The kubeconfig was refused before any client was built.
+    /// The kubeconfig was refused before any client was built: unparsable or incomplete.
     KubeconfigRejected(String),
+    /// The kubeconfig was refused before any client was built because it asks for
+    /// something the guard forbids: an exec or auth-provider plugin, a local file, an
+    /// insecure or link-local server, a proxy.
+    InsecureKubeconfig(String),
 }
 
 impl Health {
@@ -57,7 +61,8 @@ impl Health {
             Health::Unreachable(_) => "Unreachable",
             Health::Unauthorized(_) => "Unauthorized",
             Health::SecretNotFound(_) => "SecretNotFound",
-            Health::KubeconfigRejected(_) => "KubeconfigRejected",
+            Health::KubeconfigRejected(_) => skyloom_api::cloudpool::reason::KUBECONFIG_REJECTED,
+            Health::InsecureKubeconfig(_) => skyloom_api::cloudpool::reason::INSECURE_KUBECONFIG,
         }
     }
 
@@ -69,7 +74,8 @@ impl Health {
             Health::Unreachable(m)
             | Health::Unauthorized(m)
             | Health::SecretNotFound(m)
-            | Health::KubeconfigRejected(m) => m.clone(),
+            | Health::KubeconfigRejected(m)
+            | Health::InsecureKubeconfig(m) => m.clone(),
         }
     }
 }
@@ -291,9 +297,9 @@ impl Registry {
         since: Option<Instant>,
         inherited: Vec<Arc<Deployment>>,
     ) -> Entry {
-        let rejected = |why: String| {
+        let rejected = |health: Health| {
             let view = MemberView {
-                health: Health::KubeconfigRejected(why),
+                health,
                 ..MemberView::new(name, since)
             };
             Entry {
@@ -306,15 +312,20 @@ impl Registry {
             }
         };
         let Ok(text) = std::str::from_utf8(bytes) else {
-            return rejected("the kubeconfig is not UTF-8 text".into());
+            return rejected(Health::KubeconfigRejected(
+                "the kubeconfig is not UTF-8 text".into(),
+            ));
         };
         let kubeconfig = match kubeconfig_guard::check(text, self.settings.policy) {
             Ok(kc) => kc,
-            Err(e) => return rejected(e.to_string()),
+            Err(e @ kubeconfig_guard::KubeconfigRejected::Forbidden { .. }) => {
+                return rejected(Health::InsecureKubeconfig(e.to_string()));
+            }
+            Err(e) => return rejected(Health::KubeconfigRejected(e.to_string())),
         };
         let client = match client_from(kubeconfig, self.settings.member_timeout) {
             Ok(c) => c,
-            Err(why) => return rejected(why),
+            Err(why) => return rejected(Health::KubeconfigRejected(why)),
         };
         let view = Arc::new(RwLock::new(MemberView::new(name, since)));
         let (store, writer) = reflector::store();
