@@ -5,34 +5,46 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
-use skyloom::config::{LogFormat, RunArgs};
+use skyloom::config::RunArgs;
 use skyloom_testbed::{Member, Testbed};
 
 /// The operator namespace the tests use.
 pub const OPERATOR_NAMESPACE: &str = "skyloom-system";
 
-/// Flags for an in-process operator with short intervals.
+/// Flags for an in-process operator with short intervals (every other setting at its
+/// default, so settings added later need no change here).
+#[allow(clippy::expect_used)] // fixed flags: a failure is a bug in this function
 pub fn test_args() -> RunArgs {
-    RunArgs {
-        namespace: OPERATOR_NAMESPACE.into(),
-        kubeconfig: None,
-        http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        leader_elect: false,
-        lease_name: "skyloom-leader".into(),
-        lease_duration_seconds: 15,
-        probe_interval_seconds: 1,
-        member_timeout_seconds: 2,
-        reoptimize_interval_seconds: 0,
-        debounce_millis: 100,
-        orphan_grace_period_seconds: 30,
-        solver_time_limit_millis: 2000,
-        workers: 8,
-        allow_exec_credentials: false,
-        allow_insecure_members: false,
-        control_plane_id: Some("e2e-control-plane".into()),
-        log_format: LogFormat::Text,
-        log: "warn,skyloom=info".into(),
-    }
+    use clap::{Args, FromArgMatches};
+    let argv = [
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--leader-elect",
+        "false",
+        "--probe-interval-seconds",
+        "1",
+        "--member-timeout-seconds",
+        "2",
+        "--reoptimize-interval-seconds",
+        "0",
+        "--debounce-millis",
+        "100",
+        "--orphan-grace-period-seconds",
+        "30",
+        "--workers",
+        "8",
+        "--control-plane-id",
+        "e2e-control-plane",
+        "--log",
+        "warn,skyloom=info",
+    ];
+    let command = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
+    let matches = command
+        .try_get_matches_from(argv)
+        .expect("the test flags parse");
+    RunArgs::from_arg_matches(&matches).expect("the test flags parse")
 }
 
 /// An operator running on its own thread; dropping it stops the operator.

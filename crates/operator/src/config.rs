@@ -18,6 +18,10 @@ pub enum LogFormat {
 /// with `--config` supplies values for flags that were not set.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// A YAML file of settings, keyed by the long flag names (`probe-interval-seconds: 5`);
+    /// flags and environment variables win over it.
+    #[arg(long, env = "SKYLOOM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The operator's own namespace: kubeconfig Secrets are read only here.
     #[arg(long, env = "SKYLOOM_NAMESPACE", default_value = "skyloom-system")]
     pub namespace: String,

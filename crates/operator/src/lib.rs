@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod config;
+pub mod config_file;
 pub mod controller;
 pub mod explain;
 pub mod identity;

@@ -1,8 +1,10 @@
 //! `skyloom`: the operator and its command line.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod crd_cmd;
 mod join_cmd;
@@ -32,7 +34,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_with_settings_file() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
         Command::Crd(args) => crd_cmd::run(args),
         Command::Plan(args) => plan_cmd::run(args),
@@ -40,4 +48,32 @@ fn main() -> ExitCode {
         Command::Join(args) => join_cmd::join(args),
         Command::Unjoin(args) => join_cmd::unjoin(args),
     }
+}
+
+/// Parses the command line; for `run --config FILE` parses it again with the file's
+/// settings added as flags (flags and environment variables keep precedence).
+fn parse_with_settings_file() -> Result<Cli, skyloom::config_file::ConfigFileError> {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    if let Some(("run", run)) = matches.subcommand()
+        && let Some(path) = run.get_one::<PathBuf>("config")
+    {
+        let command = Cli::command();
+        let Some(run_command) = command.find_subcommand("run") else {
+            return Ok(parse_or_exit(&matches));
+        };
+        argv.extend(skyloom::config_file::file_flags(run_command, run, path)?);
+        let with_file = Cli::command()
+            .try_get_matches_from(&argv)
+            .unwrap_or_else(|e| {
+                eprintln!("(settings were read from {})", path.display());
+                e.exit()
+            });
+        return Ok(parse_or_exit(&with_file));
+    }
+    Ok(parse_or_exit(&matches))
+}
+
+fn parse_or_exit(matches: &clap::ArgMatches) -> Cli {
+    Cli::from_arg_matches(matches).unwrap_or_else(|e| e.exit())
 }
