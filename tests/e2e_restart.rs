@@ -247,3 +247,245 @@ async fn a_follower_takes_over_when_the_leader_stops() {
     follower.stop();
     ns.delete().await.unwrap();
 }
+
+/// A small CPU-only service (no GPU competition with other tests).
+fn small_service(name: &str, replicas: i32) -> serde_json::Value {
+    let mut doc = service(name, replicas);
+    doc["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        serde_json::json!({"requests": {"cpu": "100m", "memory": "128Mi"}});
+    doc
+}
+
+/// Every owned Deployment in every member: (member, namespace, name) -> (uid, generation,
+/// spec.replicas, matchLabels).
+type Owned = BTreeMap<(String, String, String), (String, i64, i32, BTreeMap<String, String>)>;
+
+async fn owned_deployments(tb: &Testbed, namespaces: &[String]) -> Owned {
+    let mut out = Owned::new();
+    for m in tb.members() {
+        let client = m.direct_client().await.unwrap();
+        for ns in namespaces {
+            let list = Api::<Deployment>::namespaced(client.clone(), ns)
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels("app.kubernetes.io/managed-by=skyloom"),
+                )
+                .await
+                .unwrap();
+            for d in list {
+                let labels = d.spec.selector.match_labels.clone();
+                out.insert(
+                    (
+                        m.name().to_owned(),
+                        ns.clone(),
+                        d.metadata.name.clone().unwrap(),
+                    ),
+                    (
+                        d.metadata.uid.clone().unwrap(),
+                        d.metadata.generation.unwrap_or(0),
+                        d.spec.replicas.unwrap_or(0),
+                        labels.unwrap_or_default(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// CASE-15: names that collide when joined with a dash, and 60-character names in a
+/// 60-character namespace, give one Deployment each with disjoint selectors; deleting one
+/// touches no other; a restart recreates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_and_long_names_stay_distinct_and_survive_a_restart() {
+    let (tb, _serial) = setup().await;
+    let hub = tb.hub().client().await.unwrap();
+    let team_a = TestNamespace::create(&hub, "c15-team-a").await.unwrap();
+    let team_b = TestNamespace::create(&hub, "c15-team-b").await.unwrap();
+    let bar = TestNamespace::create(&hub, "c15-bar").await.unwrap();
+    // `<bar>-lovely/panda` against `<bar>/lovely-panda`: the same text once joined by a dash.
+    let bar_lovely = format!("{}-lovely", bar.name);
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(hub.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": bar_lovely, "labels": {"skyloom.io/e2e": "true"}}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // 51 + "-" + an 8-digit suffix: a 60-character namespace, and a 60-character name.
+    let long_ns = TestNamespace::create(&hub, &"l".repeat(51)).await.unwrap();
+    let long_name = format!("m{}", "0123456789".repeat(6))[..60].to_owned();
+    assert!(long_ns.name.len() >= 59, "{}", long_ns.name);
+
+    let services: Vec<(String, String, i32)> = vec![
+        (team_a.name.clone(), "llm".into(), 2),
+        (team_b.name.clone(), "llm".into(), 3),
+        (bar.name.clone(), "lovely-panda".into(), 1),
+        (bar_lovely.clone(), "panda".into(), 1),
+        (long_ns.name.clone(), long_name.clone(), 1),
+    ];
+    let all_ns: Vec<String> = services.iter().map(|(ns, _, _)| ns.clone()).collect();
+    let first = OperatorHandle::start(tb, test_args());
+    for (ns, name, replicas) in &services {
+        apply(&hub, ns, &small_service(name, *replicas)).await;
+    }
+    for (ns, name, replicas) in &services {
+        let api: Api<AIService> = Api::namespaced(hub.clone(), ns);
+        eventually(
+            Duration::from_secs(90),
+            &format!("{ns}/{name} Ready"),
+            || async {
+                let ais = api.get(name).await.ok()?;
+                let st = ais.status.as_ref()?;
+                let ready = st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                // Each AIService counts only its own Pods.
+                (ready && st.available_replicas == Some(*replicas)).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // E1: one Deployment per AIService, in its own namespace, with the right replica count.
+    let owned = owned_deployments(tb, &all_ns).await;
+    for (ns, name, replicas) in &services {
+        let mine: Vec<_> = owned
+            .iter()
+            .filter(|((_, n, d), _)| n == ns && d == name)
+            .collect();
+        let total: i32 = mine.iter().map(|(_, v)| v.2).sum();
+        assert_eq!(total, *replicas, "{ns}/{name}: {mine:?}");
+        assert!(mine.len() == 1, "one member holds {ns}/{name}: {mine:?}");
+    }
+    assert_eq!(
+        owned.len(),
+        services.len(),
+        "nothing else is owned: {owned:?}"
+    );
+
+    // E3: no Pod matches the selectors of two owned Deployments of its namespace.
+    for m in tb.members() {
+        let client = m.direct_client().await.unwrap();
+        for ns in &all_ns {
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+                .list(&Default::default())
+                .await
+                .unwrap();
+            for pod in pods {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let matching = owned
+                    .iter()
+                    .filter(|((member, n, _), v)| {
+                        member == m.name()
+                            && n == ns
+                            && v.3.iter().all(|(k, val)| labels.get(k) == Some(val))
+                    })
+                    .count();
+                assert_eq!(
+                    matching,
+                    1,
+                    "pod {ns}/{:?} in {}",
+                    pod.metadata.name,
+                    m.name()
+                );
+            }
+        }
+    }
+
+    // E2: deleting team-a/llm removes exactly its Deployment; team-b's Pods keep their UIDs.
+    let pod_uids = |tb: &'static Testbed, ns: String| async move {
+        let mut uids = std::collections::BTreeSet::new();
+        for m in tb.members() {
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                m.direct_client().await.unwrap(),
+                &ns,
+            )
+            .list(&Default::default())
+            .await
+            .unwrap();
+            uids.extend(pods.into_iter().filter_map(|p| p.metadata.uid));
+        }
+        uids
+    };
+    let team_b_pods = pod_uids(tb, team_b.name.clone()).await;
+    assert_eq!(team_b_pods.len(), 3);
+    Api::<AIService>::namespaced(hub.clone(), &team_a.name)
+        .delete("llm", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "team-a/llm gone", || async {
+        let gone = Api::<AIService>::namespaced(hub.clone(), &team_a.name)
+            .get_opt("llm")
+            .await
+            .ok()?
+            .is_none();
+        (gone && replicas(tb, &team_a.name, "llm").await.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut expected = owned.clone();
+    expected.retain(|(_, ns, _), _| *ns != team_a.name);
+    assert_eq!(
+        owned_deployments(tb, &all_ns).await,
+        expected,
+        "only team-a/llm went"
+    );
+    assert_eq!(pod_uids(tb, team_b.name.clone()).await, team_b_pods);
+
+    // E4: a restart recreates nothing (same UIDs and generations). A new service converging
+    // after the restart shows the new operator has decided and reconciled.
+    first.stop();
+    let second = OperatorHandle::start(tb, test_args());
+    apply(&hub, &team_b.name, &small_service("sentinel", 1)).await;
+    let sentinel = Api::<AIService>::namespaced(hub.clone(), &team_b.name);
+    eventually(Duration::from_secs(90), "the sentinel Ready", || async {
+        let ais = sentinel.get("sentinel").await.ok()?;
+        ais.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut after = owned_deployments(tb, &all_ns).await;
+    after.retain(|(_, _, name), _| name != "sentinel");
+    assert_eq!(after, expected, "the restart recreated or changed nothing");
+    assert_eq!(pod_uids(tb, team_b.name.clone()).await.len(), 4);
+
+    for (ns, name, _) in services.iter().skip(1) {
+        Api::<AIService>::namespaced(hub.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    sentinel
+        .delete("sentinel", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "cleanup", || async {
+        owned_deployments(tb, &all_ns)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    second.stop();
+    namespaces
+        .delete(&bar_lovely, &DeleteParams::background())
+        .await
+        .unwrap();
+    for ns in [team_a, team_b, bar, long_ns] {
+        ns.delete().await.unwrap();
+    }
+}
