@@ -4,10 +4,13 @@
 //! member clusters. Each cluster runs kube-apiserver and kube-controller-manager; members add
 //! kube-scheduler and kwok with fake Nodes, so Deployments get Pods that are scheduled against
 //! real capacity (cpu, memory, `nvidia.com/gpu`) and become Running. Every member's apiserver
-//! sits behind a [`proxy::FaultProxy`], so a test can cut it off, slow it down, pause or kill it.
+//! sits behind a [`proxy::FaultProxy`], so a test can cut it off, slow it down, pause or kill it;
+//! [`Member::open_endpoint`] adds further proxied ways in that are cut on their own. Every
+//! apiserver writes an audit log of write requests ([`Member::audit_writes`]).
 //!
 //! The binaries are built by `scripts/testbed-install` at the versions in `versions.env`.
 
+pub mod audit;
 pub mod binaries;
 pub mod control;
 pub mod error;
@@ -19,8 +22,10 @@ pub mod proxy;
 pub mod spec;
 pub mod testbed;
 
+pub use audit::AuditWrite;
 pub use binaries::Binaries;
 pub use error::TestbedError;
 pub use member::{Member, Role};
+pub use proxy::Endpoint;
 pub use spec::{MemberSpec, NodeGroup, TestbedSpec};
 pub use testbed::Testbed;

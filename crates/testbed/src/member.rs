@@ -15,12 +15,13 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::runtime::Handle;
 
+use crate::audit::AuditWrite;
 use crate::binaries::Binaries;
 use crate::error::{NotReady, TestbedError, io_err, kube_err};
 use crate::kubeconfig;
 use crate::pki::MemberPki;
 use crate::process::{ManagedProcess, ProcessGroup};
-use crate::proxy::{FaultProxy, FaultState};
+use crate::proxy::{Endpoint, FaultProxy, FaultState};
 use crate::spec::MemberSpec;
 use crate::testbed::free_port;
 
@@ -29,6 +30,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The kwok stages every member plays.
 const KWOK_STAGES: &str = include_str!("kwok-stages.yaml");
+
+/// Audit policy of every apiserver: each write (with its user-agent) at Metadata level,
+/// nothing else, so a test can tell from the member side who wrote what and when.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
 
 /// What a member is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,6 +69,8 @@ pub struct Member {
     group: Arc<ProcessGroup>,
     apiserver_addr: SocketAddr,
     proxy: FaultProxy,
+    proxy_runtime: Handle,
+    audit_log: PathBuf,
     kubeconfig_path: PathBuf,
     kubeconfig_yaml: String,
     direct_kubeconfig_yaml: String,
@@ -121,6 +135,8 @@ impl Member {
         write(&file("apiserver.key"), &pki.serving_key)?;
         write(&file("sa.key"), &pki.sa_key)?;
         write(&file("sa.pub"), &pki.sa_pub)?;
+        write(&file("audit-policy.yaml"), AUDIT_POLICY)?;
+        let audit_log = logs.join("audit.log");
 
         // The apiserver, on a free port; another process may take the port between our probe
         // and the bind, so try a few ports.
@@ -131,7 +147,8 @@ impl Member {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let direct = kubeconfig::render(&name, &format!("https://{addr}"), &pki);
             write(&file("kubeconfig-direct"), &direct)?;
-            let args = apiserver_args(&dir, &ctx.etcd_url, &name, port);
+            let mut args = apiserver_args(&dir, &ctx.etcd_url, &name, port);
+            args.push(format!("--audit-log-path={}", audit_log.display()));
             let proc = ManagedProcess::start(
                 &ctx.group,
                 format!("{name}/kube-apiserver"),
@@ -217,6 +234,8 @@ impl Member {
             group: ctx.group.clone(),
             apiserver_addr,
             proxy,
+            proxy_runtime: ctx.proxy_runtime.clone(),
+            audit_log,
             kubeconfig_path,
             kubeconfig_yaml,
             direct_kubeconfig_yaml,
@@ -409,6 +428,39 @@ impl Member {
         self.proxy.restore();
     }
 
+    /// A further way in to this apiserver through a fault proxy of its own, so that one
+    /// client's path can be cut while everyone else's stays open. The endpoint lives until
+    /// it is dropped.
+    pub fn open_endpoint(&self) -> Result<Endpoint, TestbedError> {
+        let proxy = FaultProxy::start(&self.proxy_runtime, self.apiserver_addr)?;
+        let kubeconfig_yaml = self
+            .kubeconfig_yaml
+            .replace(&self.server_url(), &format!("https://{}", proxy.addr()));
+        Ok(Endpoint {
+            proxy,
+            kubeconfig_yaml,
+        })
+    }
+
+    /// Path of the apiserver's audit log: one JSON line per write request.
+    pub fn audit_log_path(&self) -> &Path {
+        &self.audit_log
+    }
+
+    /// Every write request the apiserver has completed so far, oldest first.
+    pub fn audit_writes(&self) -> Result<Vec<AuditWrite>, TestbedError> {
+        let text = match std::fs::read_to_string(&self.audit_log) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(format!("reading {}", self.audit_log.display()))(e)),
+        };
+        // The last line may be half written; every complete line parses.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<AuditWrite>(l).ok())
+            .collect())
+    }
+
     /// Adds latency to every chunk through the proxy (zero removes it).
     pub fn set_latency(&self, latency: Duration) {
         self.proxy.set_latency(latency);
@@ -483,6 +535,7 @@ fn apiserver_args(dir: &Path, etcd_url: &str, name: &str, port: u16) -> Vec<Stri
         format!("--secure-port={port}"),
         format!("--tls-cert-file={}", f("apiserver.crt")),
         format!("--tls-private-key-file={}", f("apiserver.key")),
+        format!("--audit-policy-file={}", f("audit-policy.yaml")),
         format!("--client-ca-file={}", f("ca.crt")),
         "--service-cluster-ip-range=10.96.0.0/16".into(),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),

@@ -77,13 +77,49 @@ impl FaultProxy {
     }
 }
 
+/// A further proxied way in to an apiserver (see [`crate::Member::open_endpoint`]): cut and
+/// restored on its own. Dropping it closes the listener and every connection through it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(crate) proxy: FaultProxy,
+    pub(crate) kubeconfig_yaml: String,
+}
+
+impl Endpoint {
+    /// An admin kubeconfig that goes through this endpoint, certificates embedded.
+    pub fn kubeconfig_yaml(&self) -> &str {
+        &self.kubeconfig_yaml
+    }
+
+    /// The URL of this endpoint.
+    pub fn server_url(&self) -> String {
+        format!("https://{}", self.proxy.addr())
+    }
+
+    /// Partitions this endpoint only: its open connections drop, new ones hang.
+    pub fn cut(&self) {
+        self.proxy.cut();
+    }
+
+    /// Ends the partition of this endpoint.
+    pub fn restore(&self) {
+        self.proxy.restore();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     state: watch::Receiver<FaultState>,
 ) {
+    let mut owner = state.clone();
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // The proxy was dropped: stop listening.
+            _ = async { while owner.changed().await.is_ok() {} } => return,
+        };
+        let Ok((client, _)) = accepted else {
             // Too many open files or a similar transient error: back off a little.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
