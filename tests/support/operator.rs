@@ -44,7 +44,17 @@ pub fn test_args() -> RunArgs {
     let matches = command
         .try_get_matches_from(argv)
         .expect("the test flags parse");
-    RunArgs::from_arg_matches(&matches).expect("the test flags parse")
+    let mut args = RunArgs::from_arg_matches(&matches).expect("the test flags parse");
+    args.identity = Some(unique_identity());
+    args
+}
+
+/// A replica name unique in this test process (`e2e-<pid>-<n>`), so that in-process operators
+/// never share a Lease identity and their user-agents tell them apart.
+pub fn unique_identity() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("e2e-{}-{n}", std::process::id())
 }
 
 /// An operator running on its own thread; dropping it stops the operator.
@@ -56,7 +66,13 @@ pub struct OperatorHandle {
 impl OperatorHandle {
     /// Starts `skyloom run` logic against the testbed's hub.
     pub fn start(testbed: &Testbed, args: RunArgs) -> Self {
-        let kubeconfig = testbed.hub().kubeconfig_yaml().to_owned();
+        Self::start_with_hub(testbed.hub().kubeconfig_yaml().to_owned(), args)
+    }
+
+    /// Starts `skyloom run` logic against the hub that `kubeconfig` points at (for example an
+    /// endpoint of its own from `Member::open_endpoint`). Hub requests carry the replica's
+    /// user-agent, as in `skyloom run`.
+    pub fn start_with_hub(kubeconfig: String, args: RunArgs) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let _ = tracing_subscriber_init(&args.log);
@@ -68,13 +84,7 @@ impl OperatorHandle {
                 return;
             };
             rt.block_on(async move {
-                let hub = match skyloom_testbed::member::client_from_kubeconfig(
-                    &kubeconfig,
-                    Duration::from_secs(5),
-                    Duration::from_secs(300),
-                )
-                .await
-                {
+                let hub = match hub_client(&kubeconfig, args.identity.as_deref()).await {
                     Ok(c) => c,
                     Err(e) => panic!("hub client: {e}"),
                 };
@@ -112,6 +122,18 @@ impl Drop for OperatorHandle {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A hub client like the operator's: the replica's user-agent, 5 s connect, 300 s read.
+async fn hub_client(kubeconfig: &str, identity: Option<&str>) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(300));
+    config.write_timeout = Some(Duration::from_secs(300));
+    let identity = skyloom::leader::identity(identity);
+    config.headers.push(skyloom::leader::user_agent(&identity));
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn tracing_subscriber_init(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// Lease duration in seconds; a follower takes over at most this long after the leader stops renewing.
     #[arg(long, env = "SKYLOOM_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// Name of this replica (in a pod: the pod's name): the Lease holder identity, and named in
+    /// the user-agent of every request to the hub and the members; defaults to the hostname
+    /// with a suffix unique to the process.
+    #[arg(long, env = "SKYLOOM_IDENTITY")]
+    pub identity: Option<String>,
     /// How often each member is probed (health, version, capacity), in seconds.
     #[arg(long, env = "SKYLOOM_PROBE_INTERVAL_SECONDS", default_value_t = 5)]
     pub probe_interval_seconds: u64,

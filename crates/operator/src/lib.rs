@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod controller;
 pub mod explain;
 pub mod identity;
+pub mod leader;
 pub mod kubeconfig_guard;
 pub mod members;
 pub mod metrics;

@@ -174,6 +174,8 @@ pub struct RegistrySettings {
     pub policy: GuardPolicy,
     /// This control plane's id (to recognise owned objects).
     pub control_plane: String,
+    /// This replica's identity, named in the user-agent of every member request.
+    pub identity: String,
 }
 
 /// All members, keyed by CloudPool name.
@@ -323,7 +325,11 @@ impl Registry {
             }
             Err(e) => return rejected(Health::KubeconfigRejected(e.to_string())),
         };
-        let client = match client_from(kubeconfig, self.settings.member_timeout) {
+        let client = match client_from(
+            kubeconfig,
+            self.settings.member_timeout,
+            &self.settings.identity,
+        ) {
             Ok(c) => c,
             Err(why) => return rejected(Health::KubeconfigRejected(why)),
         };
@@ -411,7 +417,11 @@ impl Registry {
     }
 }
 
-fn client_from(kubeconfig: kube::config::Kubeconfig, timeout: Duration) -> Result<Client, String> {
+fn client_from(
+    kubeconfig: kube::config::Kubeconfig,
+    timeout: Duration,
+    identity: &str,
+) -> Result<Client, String> {
     // The guard has refused exec and auth-provider plugins, so nothing runs here.
     let options = KubeConfigOptions::default();
     let mut config = futures::executor::block_on(Config::from_custom_kubeconfig(
@@ -426,6 +436,7 @@ fn client_from(kubeconfig: kube::config::Kubeconfig, timeout: Duration) -> Resul
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(Duration::from_secs(295));
     config.write_timeout = Some(timeout);
+    config.headers.push(crate::leader::user_agent(identity));
     Client::try_from(config).map_err(|e| format!("no client could be built: {}", kind_of(&e)))
 }
 

@@ -22,8 +22,10 @@ use crate::members::{Registry, RegistrySettings};
 use crate::metrics::Metrics;
 
 /// Runs the operator until SIGTERM or Ctrl-C.
-pub fn main(args: RunArgs) -> ExitCode {
+pub fn main(mut args: RunArgs) -> ExitCode {
     init_logging(&args);
+    // Fixed once, so the hub client, the member clients and the Lease name the same replica.
+    args.identity = Some(crate::leader::identity(args.identity.as_deref()));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,7 +59,7 @@ fn init_logging(args: &RunArgs) {
 }
 
 async fn hub_client(args: &RunArgs) -> anyhow::Result<Client> {
-    let config = match &args.kubeconfig {
+    let mut config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading hub kubeconfig {}", path.display()))?;
@@ -69,6 +71,9 @@ async fn hub_client(args: &RunArgs) -> anyhow::Result<Client> {
             .await
             .context("finding the hub (in-cluster or KUBECONFIG)")?,
     };
+    config.headers.push(crate::leader::user_agent(
+        args.identity.as_deref().unwrap_or("skyloom"),
+    ));
     Client::try_from(config).context("building the hub client")
 }
 
@@ -106,6 +111,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let control_plane = control_plane_id(&args, &hub).await?;
+    let identity = crate::leader::identity(args.identity.as_deref());
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let http = start_http(&args, metrics.clone(), ready.clone()).await?;
@@ -123,6 +129,7 @@ pub async fn run(
                 allow_insecure: args.allow_insecure_members,
             },
             control_plane: control_plane.clone(),
+            identity: identity.clone(),
         },
         Arc::new(move |event| {
             if let Some(ctx) = notify_cell.get() {
@@ -179,9 +186,9 @@ pub async fn run(
     }
     registry.sync(&ctx.pools.state(), &ctx.secrets);
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(control_plane = %control_plane, namespace = %args.namespace, "skyloom started");
+    tracing::info!(control_plane = %control_plane, namespace = %args.namespace, identity = %identity, "skyloom started");
 
-    let lead = leadership(&args, &hub).await?;
+    let lead = crate::leader::leadership(&args, &hub, &identity).await?;
     tokio::pin!(shutdown);
     let mut leading: Vec<JoinHandle<()>> = Vec::new();
     let mut lead = lead;
@@ -223,41 +230,6 @@ pub async fn run(
     http.abort();
     tracing::info!("skyloom stopped");
     Ok(())
-}
-
-/// A channel that says whether this replica leads. Without leader election it always does.
-async fn leadership(
-    args: &RunArgs,
-    hub: &Client,
-) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
-    if !args.leader_elect {
-        let (tx, rx) = tokio::sync::watch::channel(true);
-        // Keep the sender alive for the life of the process.
-        std::mem::forget(tx);
-        return Ok(rx);
-    }
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-        format!(
-            "skyloom-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        )
-    });
-    let duration = args.lease_duration_seconds.max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(hub.clone(), &args.lease_name)
-        .with_namespace(&args.namespace)
-        .with_identity(identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .with_field_manager("skyloom-leader")
-        .build()
-        .await
-        .context("setting up leader election")?;
-    let (rx, _task) = manager.watch().await;
-    Ok(rx)
 }
 
 async fn start_http(
