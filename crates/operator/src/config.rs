@@ -75,6 +75,13 @@ pub struct RunArgs {
     /// How many AIServices are reconciled at the same time.
     #[arg(long, env = "SKYLOOM_WORKERS", default_value_t = 16)]
     pub workers: usize,
+    /// Requests per second each client (the hub's and every member's) may send on average;
+    /// 0 for no limit.
+    #[arg(long, env = "SKYLOOM_CLIENT_QPS", default_value_t = 100.0)]
+    pub client_qps: f64,
+    /// Requests each client may send at once before `client-qps` applies.
+    #[arg(long, env = "SKYLOOM_CLIENT_BURST", default_value_t = 200)]
+    pub client_burst: u32,
     /// Allow `exec` and `auth-provider` credentials in member kubeconfigs (off: refused).
     #[arg(long, env = "SKYLOOM_ALLOW_EXEC_CREDENTIALS", default_value_t = false)]
     pub allow_exec_credentials: bool,
@@ -98,6 +105,14 @@ impl RunArgs {
     /// Probe interval.
     pub fn probe_interval(&self) -> Duration {
         Duration::from_secs(self.probe_interval_seconds.max(1))
+    }
+
+    /// The request limit of every client.
+    pub fn request_rate(&self) -> crate::client_limits::RequestRate {
+        crate::client_limits::RequestRate {
+            qps: self.client_qps,
+            burst: self.client_burst,
+        }
     }
 
     /// Member request timeout.

@@ -2,13 +2,14 @@
 //! the solver and realises them as Deployments in member clusters.
 
 pub mod capacity;
+pub mod client_limits;
 pub mod config;
 pub mod config_file;
 pub mod controller;
 pub mod explain;
 pub mod identity;
-pub mod leader;
 pub mod kubeconfig_guard;
+pub mod leader;
 pub mod members;
 pub mod metrics;
 pub mod quantity;

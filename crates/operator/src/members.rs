@@ -25,6 +25,7 @@ use skyloom_api::CloudPool;
 use tokio::task::JoinHandle;
 
 use crate::capacity::{self, Capacity};
+use crate::client_limits::{RequestRate, limited_client};
 use crate::identity::{MANAGED_SELECTOR, owner_of};
 use crate::kubeconfig_guard::{self, GuardPolicy};
 
@@ -170,6 +171,8 @@ pub struct RegistrySettings {
     pub probe_interval: Duration,
     /// Timeout of each member request.
     pub member_timeout: Duration,
+    /// Request limit of each member client.
+    pub request_rate: RequestRate,
     /// What the kubeconfig guard allows.
     pub policy: GuardPolicy,
     /// This control plane's id (to recognise owned objects).
@@ -329,6 +332,7 @@ impl Registry {
             kubeconfig,
             self.settings.member_timeout,
             &self.settings.identity,
+            self.settings.request_rate,
         ) {
             Ok(c) => c,
             Err(why) => return rejected(Health::KubeconfigRejected(why)),
@@ -421,6 +425,7 @@ fn client_from(
     kubeconfig: kube::config::Kubeconfig,
     timeout: Duration,
     identity: &str,
+    rate: RequestRate,
 ) -> Result<Client, String> {
     // The guard has refused exec and auth-provider plugins, so nothing runs here.
     let options = KubeConfigOptions::default();
@@ -437,7 +442,7 @@ fn client_from(
     config.read_timeout = Some(Duration::from_secs(295));
     config.write_timeout = Some(timeout);
     config.headers.push(crate::leader::user_agent(identity));
-    Client::try_from(config).map_err(|e| format!("no client could be built: {}", kind_of(&e)))
+    limited_client(config, rate).map_err(|e| format!("no client could be built: {}", kind_of(&e)))
 }
 
 /// A description of a kubeconfig loading error that cannot carry credential material.

@@ -61,8 +61,9 @@ fn init_logging(args: &RunArgs) {
 async fn hub_client(args: &RunArgs) -> anyhow::Result<Client> {
     let mut config = match &args.kubeconfig {
         Some(path) => {
+            // kube's error already names the file and the OS error; no context chain.
             let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading hub kubeconfig {}", path.display()))?;
+                .map_err(|e| anyhow::anyhow!("reading the hub kubeconfig: {e}"))?;
             Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
                 .context("loading hub kubeconfig")?
@@ -74,7 +75,8 @@ async fn hub_client(args: &RunArgs) -> anyhow::Result<Client> {
     config.headers.push(crate::leader::user_agent(
         args.identity.as_deref().unwrap_or("skyloom"),
     ));
-    Client::try_from(config).context("building the hub client")
+    crate::client_limits::limited_client(config, args.request_rate())
+        .context("building the hub client")
 }
 
 async fn shutdown_signal() {
@@ -124,6 +126,7 @@ pub async fn run(
             namespace: args.namespace.clone(),
             probe_interval: args.probe_interval(),
             member_timeout: args.member_timeout(),
+            request_rate: args.request_rate(),
             policy: GuardPolicy {
                 allow_exec: args.allow_exec_credentials,
                 allow_insecure: args.allow_insecure_members,
