@@ -31,4 +31,6 @@ pub mod reason {
     pub const RECONCILED: &str = "Reconciled";
     /// A new generation has been seen and is being worked on.
     pub const NEW_GENERATION: &str = "NewGeneration";
+    /// The object is being deleted; its cleanup waits on the members named in the message.
+    pub const TERMINATING: &str = "Terminating";
 }

@@ -4,6 +4,7 @@
 
 mod finalize;
 mod member_writes;
+mod pool_lifecycle;
 mod pool_status;
 mod reconcile;
 mod reflectors;

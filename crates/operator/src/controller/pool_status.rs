@@ -21,6 +21,9 @@ pub async fn pool_status_loop(ctx: Arc<Context>) {
     let mut last_probe_written: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         for pool in ctx.pools.state() {
+            if let Err(e) = super::pool_lifecycle::reconcile_pool(&ctx, &pool).await {
+                tracing::debug!(pool = %pool.name_any(), "pool finalizer not updated: {e}");
+            }
             if let Err(e) = write_pool_status(&ctx, &pool, &mut last_probe_written).await {
                 tracing::debug!(pool = %pool.name_any(), "pool status not written: {e}");
             }
@@ -94,7 +97,7 @@ pub(super) async fn write_pool_status(
         node_count: None,
         kubernetes_version: view.version.clone(),
         last_probe_time: previous.last_probe_time.clone(),
-        orphans: previous.orphans.clone(),
+        orphans: super::pool_lifecycle::orphans(ctx, &name),
         credentials_expiry: None,
         summary: None,
     };
