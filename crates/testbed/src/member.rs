@@ -211,7 +211,10 @@ impl Member {
                 ],
                 logs.join("kube-scheduler.log"),
             )?);
-            write(&file("kwok-stages.yaml"), KWOK_STAGES)?;
+            write(
+                &file("kwok-stages.yaml"),
+                &KWOK_STAGES.replace("__TESTBED_MEMBER__", &name),
+            )?;
             components.push(ManagedProcess::start(
                 &ctx.group,
                 format!("{name}/kwok"),
