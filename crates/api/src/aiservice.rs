@@ -261,8 +261,12 @@ pub struct MigrationPolicy {
     #[schemars(range(min = 0, max = 10000))]
     pub max_unavailable: Option<i32>,
 
-    /// Give up a move that has not become available within this many seconds, 30 to 86400,
-    /// and report Progressing=False with reason ProgressDeadlineExceeded. Defaults to 600.
+    /// Seconds a member Deployment may make no progress, 30 to 86400; rendered as its
+    /// progressDeadlineSeconds. A Deployment past it makes the AIService report
+    /// Progressing=False with reason ProgressDeadlineExceeded. A move whose target is past it
+    /// is given up: MigrationStalled=True, the target's surplus is removed, the source keeps
+    /// its replicas, and that cloud is avoided for this service until the AIService's or that
+    /// CloudPool's spec changes. Defaults to 600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30, max = 86400))]
     pub timeout_seconds: Option<i32>,
@@ -489,7 +493,8 @@ pub struct AIServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Current conditions: Ready, Reconciling, Stalled, Scheduled, Progressing, Available.
+    /// Current conditions: Ready, Reconciling, Stalled, Scheduled, Progressing, Available,
+    /// MigrationStalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -620,6 +625,9 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// At least minReplicas replicas are available for the current generation.
     pub const AVAILABLE: &str = "Available";
+    /// A move was given up because its target made no progress within
+    /// migration.timeoutSeconds (abnormal-true; the message names the cloud).
+    pub const MIGRATION_STALLED: &str = "MigrationStalled";
 }
 
 /// AIService condition reasons.

@@ -14,6 +14,10 @@ pub struct Observed {
     pub spec_replicas: Option<u32>,
     /// Available replicas of the current template.
     pub available: u32,
+    /// The member's Deployment reports `Progressing=False` with reason
+    /// `ProgressDeadlineExceeded`: it made no progress within its `progressDeadlineSeconds`
+    /// (Skyloom renders `migration.timeoutSeconds` there).
+    pub deadline_exceeded: bool,
 }
 
 /// One write to make.
@@ -112,6 +116,60 @@ pub fn targets(
     out
 }
 
+/// Targets when an autoscaler in each member owns the replica count (`scaling.mode: Member`):
+/// a wanted member keeps the count it has (a new Deployment starts at the decided count); a
+/// member no longer wanted is removed only once the wanted members have as many replicas
+/// Available as they run, up to `desired - max_unavailable`, so a move still never drops
+/// capacity.
+pub fn member_scaled_targets(
+    desired: &BTreeMap<String, u32>,
+    observed: &BTreeMap<String, Observed>,
+    limits: Limits,
+) -> BTreeMap<String, u32> {
+    let want = |p: &str| desired.get(p).copied().unwrap_or(0);
+    let visible = || observed.iter().filter(|(_, o)| o.observable);
+    let (mut running, mut available) = (0u32, 0u32);
+    for (p, o) in visible().filter(|(p, _)| want(p) > 0) {
+        let spec = o.spec_replicas.unwrap_or(want(p));
+        running = running.saturating_add(spec);
+        available = available.saturating_add(o.available.min(spec));
+    }
+    let enough =
+        available >= running.min(limits.desired.saturating_sub(limits.max_unavailable).max(1));
+    let mut out = BTreeMap::new();
+    for (p, o) in visible() {
+        let n = match (want(p), o.spec_replicas) {
+            (0, Some(current)) if !enough => current,
+            (0, _) => 0,
+            (w, None) => w,
+            (_, Some(current)) => current,
+        };
+        out.insert(p.clone(), n);
+    }
+    out
+}
+
+/// Members where a move stalled: the member's Deployment reports `ProgressDeadlineExceeded`,
+/// holds fewer Available replicas than the decision wants there, and some other observable
+/// member is still held above its own share waiting for them (make-before-break). A rollout
+/// that stalls where nothing waits for it (a bad template everywhere) is not a stalled move.
+pub fn stalled_moves(
+    desired: &BTreeMap<String, u32>,
+    observed: &BTreeMap<String, Observed>,
+) -> Vec<String> {
+    let want = |p: &str| desired.get(p).copied().unwrap_or(0);
+    let waiting = |target: &str| {
+        observed
+            .iter()
+            .any(|(q, o)| q != target && o.observable && o.spec_replicas.unwrap_or(0) > want(q))
+    };
+    observed
+        .iter()
+        .filter(|(p, o)| o.observable && o.deadline_exceeded && o.available < want(p) && waiting(p))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
 /// The writes that move the observed state toward `targets`.
 pub fn actions(
     targets: &BTreeMap<String, u32>,
@@ -143,6 +201,14 @@ mod tests {
             observable: true,
             spec_replicas: spec,
             available,
+            deadline_exceeded: false,
+        }
+    }
+
+    fn stuck(spec: u32) -> Observed {
+        Observed {
+            deadline_exceeded: true,
+            ..obs(Some(spec), 0)
         }
     }
 
@@ -210,6 +276,59 @@ mod tests {
             L4,
         );
         assert_eq!(t, map(&[("a", 4), ("b", 1)]));
+    }
+
+    #[test]
+    fn a_target_past_its_deadline_while_the_source_waits_is_a_stalled_move() {
+        let desired = map(&[("a", 0), ("b", 4)]);
+        let observed = map(&[("a", obs(Some(4), 4)), ("b", stuck(1))]);
+        assert_eq!(stalled_moves(&desired, &observed), vec!["b".to_owned()]);
+        // Not yet past the deadline: still moving.
+        let observed = map(&[("a", obs(Some(4), 4)), ("b", obs(Some(1), 0))]);
+        assert!(stalled_moves(&desired, &observed).is_empty());
+        // A bad template everywhere, nothing waiting: a stalled rollout, not a stalled move.
+        let desired = map(&[("a", 2), ("b", 2)]);
+        let observed = map(&[("a", stuck(2)), ("b", stuck(2))]);
+        assert!(stalled_moves(&desired, &observed).is_empty());
+        // Once the move is given up (b no longer wanted), nothing is stalled any more.
+        let desired = map(&[("a", 4)]);
+        let observed = map(&[("a", obs(Some(4), 4)), ("b", stuck(1))]);
+        assert!(stalled_moves(&desired, &observed).is_empty());
+        // ... and the stuck surplus goes at once: the source never lost anything.
+        assert_eq!(targets(&desired, &observed, L4), map(&[("a", 4), ("b", 0)]));
+    }
+
+    #[test]
+    fn member_scaling_keeps_the_members_counts_and_drains_only_when_covered() {
+        // New Deployments start at the decided count; existing ones keep what the member chose.
+        let t = member_scaled_targets(
+            &map(&[("a", 2), ("b", 2)]),
+            &map(&[("a", obs(Some(7), 7)), ("b", obs(None, 0))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 7), ("b", 2)]));
+        // A member no longer wanted stays until the wanted ones are Available...
+        let desired = map(&[("b", 4)]);
+        let t = member_scaled_targets(
+            &desired,
+            &map(&[("a", obs(Some(4), 4)), ("b", obs(Some(4), 1))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 4), ("b", 4)]));
+        // ... then goes.
+        let t = member_scaled_targets(
+            &desired,
+            &map(&[("a", obs(Some(4), 4)), ("b", obs(Some(3), 3))]),
+            L4,
+        );
+        assert_eq!(t, map(&[("a", 0), ("b", 3)]));
+        // Unobservable members get no target at all.
+        let mut observed = map(&[("a", obs(Some(4), 4))]);
+        observed.get_mut("a").unwrap().observable = false;
+        assert_eq!(
+            member_scaled_targets(&map(&[("a", 4)]), &observed, L4),
+            BTreeMap::new()
+        );
     }
 
     #[test]

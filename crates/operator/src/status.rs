@@ -85,6 +85,8 @@ pub struct PoolReport {
     pub rolled_out: bool,
     /// The member cannot be observed now; its counts are the last known ones.
     pub stale: bool,
+    /// The member's Deployment reports ProgressDeadlineExceeded.
+    pub deadline_exceeded: bool,
     /// Why the member is not observable, or a conflict there.
     pub problem: Option<String>,
 }
@@ -112,6 +114,10 @@ pub struct ServiceFacts {
     pub pending_writes: bool,
     /// Members being failed over (unreachable past the grace period).
     pub failing_over: Vec<String>,
+    /// Members a move to which was given up (their target stalled past the deadline).
+    pub migration_stalled: Vec<String>,
+    /// migration.timeoutSeconds, for messages.
+    pub timeout_seconds: u64,
 }
 
 /// The computed status parts: totals, placements, summary and conditions.
@@ -165,6 +171,8 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             last_observed_time: None,
             reason: if r.stale {
                 Some(reason::MEMBER_STATUS_STALE.to_owned())
+            } else if r.deadline_exceeded {
+                Some(reason::PROGRESS_DEADLINE_EXCEEDED.to_owned())
             } else {
                 r.problem.clone().map(|_| "Conflict".to_owned())
             },
@@ -221,6 +229,26 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
     }
     if let Some(c) = f.conflicts.first() {
         stalled = Some(("ConflictUnownedObject".into(), c.clone()));
+    }
+    // A member Deployment past its progress deadline is a real failure (kstatus Stalled),
+    // unless it is the target of a move already given up (its surplus is being removed).
+    let past_deadline: Vec<&String> = f
+        .pools
+        .iter()
+        .filter(|(p, r)| {
+            r.deadline_exceeded && !r.stale && r.desired > 0 && !f.migration_stalled.contains(p)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    if stalled.is_none() && !past_deadline.is_empty() {
+        stalled = Some((
+            reason::PROGRESS_DEADLINE_EXCEEDED.into(),
+            format!(
+                "no progress within {}s (migration.timeoutSeconds) in: {}",
+                f.timeout_seconds,
+                join(&past_deadline)
+            ),
+        ));
     }
     let enough = available >= f.min_available;
     conds.push(if enough {
@@ -284,6 +312,12 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             "nothing to do",
         ));
         conds.push(Cond::new(
+            condition::PROGRESSING,
+            true,
+            reason::RECONCILED,
+            "rollout complete",
+        ));
+        conds.push(Cond::new(
             condition::STALLED,
             false,
             reason::RECONCILED,
@@ -297,6 +331,7 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             &why,
             "waiting for a change to the spec or to the clouds",
         ));
+        conds.push(Cond::new(condition::PROGRESSING, false, &why, msg.clone()));
         conds.push(Cond::new(condition::STALLED, true, &why, msg));
     } else {
         let (why, msg) = if !f.failing_over.is_empty() {
@@ -312,6 +347,14 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
                 "MemberUnreachable".to_owned(),
                 format!("waiting for unreachable members: {}", join(&stale)),
             )
+        } else if migrating(f) {
+            (
+                reason::MIGRATING.to_owned(),
+                format!(
+                    "moving replicas, make-before-break: {available} of {} available",
+                    f.desired
+                ),
+            )
         } else {
             (
                 reason::ROLLING_OUT.to_owned(),
@@ -319,9 +362,29 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             )
         };
         conds.push(Cond::new(condition::READY, false, &why, msg.clone()));
-        conds.push(Cond::new(condition::RECONCILING, true, &why, msg));
+        conds.push(Cond::new(condition::RECONCILING, true, &why, msg.clone()));
+        conds.push(Cond::new(condition::PROGRESSING, true, &why, msg));
         conds.push(Cond::new(condition::STALLED, false, &why, "progressing"));
     }
+    conds.push(if f.migration_stalled.is_empty() {
+        Cond::new(
+            condition::MIGRATION_STALLED,
+            false,
+            reason::RECONCILED,
+            "no move has stalled",
+        )
+    } else {
+        let to = f.migration_stalled.join(", ");
+        Cond::new(
+            condition::MIGRATION_STALLED,
+            true,
+            reason::PROGRESS_DEADLINE_EXCEEDED,
+            format!(
+                "moving replicas to {to} made no progress within {}s (migration.timeoutSeconds): the move was given up, replicas stay where they are Available, and {to} is avoided for this service until its spec or that CloudPool's spec changes",
+                f.timeout_seconds
+            ),
+        )
+    });
     ServiceStatusParts {
         placements,
         replicas: i(replicas),
@@ -332,6 +395,13 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
         conditions: conds,
         realised,
     }
+}
+
+/// Replicas are moving between members: one holds more than it should keep while another
+/// still waits for its share to become Available.
+fn migrating(f: &ServiceFacts) -> bool {
+    let visible = || f.pools.values().filter(|r| !r.stale);
+    visible().any(|r| r.spec > r.desired) && visible().any(|r| r.available < r.desired)
 }
 
 fn join(v: &[&String]) -> String {
@@ -373,6 +443,7 @@ mod tests {
             available,
             rolled_out: true,
             stale,
+            deadline_exceeded: false,
             problem: None,
         }
     }
@@ -451,6 +522,75 @@ mod tests {
             "False",
             "a wanted stale member blocks Ready"
         );
+    }
+
+    #[test]
+    fn a_deployment_past_its_deadline_is_stalled_unless_its_move_was_given_up() {
+        let mut f = ServiceFacts {
+            desired: 2,
+            min_available: 2,
+            unplaced: Some(0),
+            timeout_seconds: 30,
+            ..Default::default()
+        };
+        let mut stuck = pool(2, 2, 0, false);
+        stuck.deadline_exceeded = true;
+        f.pools.insert("a".into(), stuck.clone());
+        let s = service_status(&f);
+        for (t, status) in [
+            ("Progressing", "False"),
+            ("Stalled", "True"),
+            ("Ready", "False"),
+        ] {
+            assert_eq!(get(&s, t).status, status, "{t}");
+            assert_eq!(get(&s, t).reason, "ProgressDeadlineExceeded", "{t}");
+        }
+        assert!(get(&s, "Stalled").message.contains("30s"));
+        assert_eq!(
+            s.placements[0].reason.as_deref(),
+            Some("ProgressDeadlineExceeded")
+        );
+        assert_eq!(get(&s, "MigrationStalled").status, "False");
+        // A given-up move: the source serves everything, the stuck target is being removed.
+        f.pools.insert("a".into(), pool(2, 2, 2, false));
+        f.pools.insert(
+            "b".into(),
+            PoolReport {
+                desired: 0,
+                spec: 1,
+                ..stuck
+            },
+        );
+        f.migration_stalled = vec!["b".into()];
+        let s = service_status(&f);
+        assert_eq!(get(&s, "Stalled").status, "False");
+        let m = get(&s, "MigrationStalled");
+        assert_eq!(
+            (m.status, m.reason.as_str()),
+            ("True", "ProgressDeadlineExceeded")
+        );
+        assert!(m.message.contains("moving replicas to b"), "{}", m.message);
+    }
+
+    #[test]
+    fn a_move_in_flight_is_migrating_and_progressing() {
+        let mut f = ServiceFacts {
+            desired: 2,
+            min_available: 2,
+            unplaced: Some(0),
+            ..Default::default()
+        };
+        f.pools.insert("a".into(), pool(0, 2, 2, false));
+        f.pools.insert("b".into(), pool(2, 1, 0, false));
+        let s = service_status(&f);
+        let p = get(&s, "Progressing");
+        assert_eq!((p.status, p.reason.as_str()), ("True", "Migrating"));
+        assert_eq!(get(&s, "Available").status, "True");
+        f.pools.insert("a".into(), pool(0, 0, 0, false));
+        f.pools.insert("b".into(), pool(2, 2, 2, false));
+        let s = service_status(&f);
+        let p = get(&s, "Progressing");
+        assert_eq!((p.status, p.reason.as_str()), ("True", "Reconciled"));
     }
 
     #[test]

@@ -38,9 +38,13 @@ pub(super) fn render(ais: &AIService, control_plane: &str) -> (serde_json::Value
             m.insert("labels".into(), json!(pod_labels));
         }
     }
+    // The member's controller-manager reports a Deployment that makes no progress within
+    // migration.timeoutSeconds as ProgressDeadlineExceeded; that is what stalls a move.
+    let deadline = ais.spec.migration().timeout().as_secs();
     let spec = json!({
         "selector": {"matchLabels": {identity::SERVICE_ID_LABEL: identity::service_id(&ns, &name)}},
         "template": template,
+        "progressDeadlineSeconds": deadline,
     });
     let mut h = Sha256::new();
     h.update(spec.to_string().as_bytes());
@@ -85,6 +89,27 @@ pub(super) async fn ensure_namespace(
     }
 }
 
+/// Field manager that sets the first replica count of a Deployment whose replicas a member's
+/// autoscaler owns (`scaling.mode: Member`): Skyloom's own manager never holds the field, so
+/// an HPA or `kubectl scale` takes it over without a conflict.
+pub const INITIAL_REPLICAS_MANAGER: &str = "skyloom-initial-replicas";
+
+/// How an apply treats `spec.replicas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replicas {
+    /// Skyloom owns the count and sets it.
+    Owned(u32),
+    /// The member owns the count: Skyloom's manager leaves it out; the count (the observed
+    /// one, or the decided one for a new Deployment) is held by [`INITIAL_REPLICAS_MANAGER`]
+    /// so that leaving it out never resets it.
+    Member {
+        /// The count to hold.
+        count: u32,
+        /// Whether the Deployment exists already.
+        exists: bool,
+    },
+}
+
 /// Applies the Deployment in `pool`; returns false when an unowned object of that name is in
 /// the way (nothing is written then).
 pub(super) async fn apply_deployment(
@@ -92,7 +117,7 @@ pub(super) async fn apply_deployment(
     pool: &str,
     ais: &AIService,
     rendered: &serde_json::Value,
-    replicas: u32,
+    replicas: Replicas,
 ) -> Result<bool, ReconcileError> {
     let Some(client) = ctx.registry.client(pool) else {
         return Ok(true);
@@ -128,7 +153,19 @@ pub(super) async fn apply_deployment(
         return Ok(false);
     }
     let mut doc = rendered.clone();
-    doc["spec"]["replicas"] = json!(replicas);
+    let hold = match replicas {
+        Replicas::Owned(n) => {
+            doc["spec"]["replicas"] = json!(n);
+            None
+        }
+        Replicas::Member { count, exists } => Some((count, exists)),
+    };
+    // An existing Deployment's count is held before Skyloom's manager lets go of it.
+    if let Some((count, true)) = hold {
+        hold_replicas(&api, &name, &ns, count)
+            .await
+            .map_err(member_err)?;
+    }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -136,8 +173,39 @@ pub(super) async fn apply_deployment(
     )
     .await
     .map_err(member_err)?;
-    tracing::info!(service = %format!("{ns}/{name}"), pool, replicas, "applied member Deployment");
+    if let Some((count, false)) = hold {
+        hold_replicas(&api, &name, &ns, count)
+            .await
+            .map_err(member_err)?;
+    }
+    tracing::info!(service = %format!("{ns}/{name}"), pool, ?replicas, "applied member Deployment");
     Ok(true)
+}
+
+/// Applies `spec.replicas` alone under [`INITIAL_REPLICAS_MANAGER`], without force: when
+/// another writer (an HPA, `kubectl scale`) set a different count meanwhile, theirs stands.
+async fn hold_replicas(
+    api: &Api<Deployment>,
+    name: &str,
+    ns: &str,
+    count: u32,
+) -> Result<(), kube::Error> {
+    let doc = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": count},
+    });
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(INITIAL_REPLICAS_MANAGER),
+            &Patch::Apply(&doc),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// Deletes the owned Deployment of `key` in `pool` (only if its UID is the observed owned one).

@@ -10,6 +10,7 @@ mod reconcile;
 mod reflectors;
 mod scheduler;
 mod service_status;
+mod stalled;
 
 pub use pool_status::pool_status_loop;
 pub use reconcile::{ReconcileError, worker};
@@ -144,6 +145,8 @@ pub struct Context {
     pub queue: WorkQueue,
     /// Wakes the scheduler.
     pub schedule: tokio::sync::Notify,
+    /// Moves given up per service (their targets are avoided).
+    pub stalled_moves: stalled::StalledMoves,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Events on state changes.
@@ -186,6 +189,7 @@ impl Context {
             decisions: RwLock::new(BTreeMap::new()),
             queue: WorkQueue::default(),
             schedule: tokio::sync::Notify::new(),
+            stalled_moves: stalled::StalledMoves::default(),
             metrics,
             started: Instant::now(),
             schedule_soon: std::sync::atomic::AtomicBool::new(false),

@@ -10,13 +10,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skyloom_api::AIService;
+use skyloom_api::aiservice::ScalingMode;
 
 use crate::identity::FINALIZER;
 use crate::realise::{self, Action, Limits, Observed};
 use crate::status::{self, PoolReport, ServiceFacts};
 
 use super::finalize::finalize;
-use super::member_writes::{apply_deployment, delete_deployment, render};
+use super::member_writes::{Replicas, apply_deployment, delete_deployment, render};
 use super::service_status::write_service_status;
 use super::{Context, Key, TEMPLATE_HASH_ANNOTATION};
 
@@ -129,6 +130,13 @@ pub(super) async fn reconcile(
         let st = d.and_then(|d| d.status.as_ref());
         let count = |v: Option<i32>| u32::try_from(v.unwrap_or(0)).unwrap_or(0);
         let available = count(st.and_then(|s| s.available_replicas));
+        let deadline_exceeded = st.is_some_and(|s| {
+            s.conditions.iter().flatten().any(|c| {
+                c.type_.as_deref() == Some("Progressing")
+                    && c.status.as_deref() == Some("False")
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+        });
         let rolled_out = d.is_some_and(|d| {
             let gen_ok =
                 d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation;
@@ -142,6 +150,7 @@ pub(super) async fn reconcile(
                 observable: view.observable(),
                 spec_replicas: spec,
                 available,
+                deadline_exceeded,
             },
         );
         reports.insert(
@@ -156,12 +165,14 @@ pub(super) async fn reconcile(
                 available,
                 rolled_out: rolled_out || spec.is_none(),
                 stale: !view.observable(),
+                deadline_exceeded,
                 problem: (!view.observable()).then(|| view.health.message()),
             },
         );
     }
     let mut conflicts = Vec::new();
     let mut pending_writes = false;
+    let member_scaled = ais.spec.scaling_mode() == ScalingMode::Member;
     if let Some(decision) = decision.as_ref().filter(|d| d.invalid.is_none()) {
         let migration = ais.spec.migration();
         let limits = Limits {
@@ -169,7 +180,17 @@ pub(super) async fn reconcile(
             max_surge: u32::try_from(migration.max_surge()).unwrap_or(1),
             max_unavailable: u32::try_from(migration.max_unavailable()).unwrap_or(0),
         };
-        let targets = realise::targets(&decision.replicas, &observed, limits);
+        let stalled = realise::stalled_moves(&decision.replicas, &observed);
+        let given_up = ctx.stalled_moves.give_up(&ais, &stalled, &ctx.pools);
+        if !given_up.is_empty() {
+            tracing::warn!(service = %format!("{}/{}", key.0, key.1), ?given_up, "a move made no progress within migration.timeoutSeconds; giving it up and avoiding the target");
+            ctx.schedule.notify_one();
+        }
+        let targets = if member_scaled {
+            realise::member_scaled_targets(&decision.replicas, &observed, limits)
+        } else {
+            realise::targets(&decision.replicas, &observed, limits)
+        };
         let needs_update = |pool: &str| {
             ctx.registry
                 .deployments_of(pool, &key.0, &key.1)
@@ -178,12 +199,27 @@ pub(super) async fn reconcile(
         };
         let actions = realise::actions(&targets, &observed, &needs_update);
         pending_writes = !actions.is_empty()
-            || targets
-                .iter()
-                .any(|(p, n)| decision.replicas.get(p).copied().unwrap_or(0) != *n);
+            || targets.iter().any(|(p, n)| {
+                let wanted = decision.replicas.get(p).copied().unwrap_or(0);
+                if member_scaled {
+                    (wanted > 0) != (*n > 0)
+                } else {
+                    wanted != *n
+                }
+            });
         for action in actions {
             match action {
                 Action::Apply { pool, replicas } => {
+                    let replicas = if member_scaled {
+                        Replicas::Member {
+                            count: replicas,
+                            exists: observed
+                                .get(&pool)
+                                .is_some_and(|o| o.spec_replicas.is_some()),
+                        }
+                    } else {
+                        Replicas::Owned(replicas)
+                    };
                     match apply_deployment(ctx, &pool, &ais, &rendered.0, replicas).await {
                         Ok(true) => {}
                         Ok(false) => conflicts.push(format!(
@@ -197,9 +233,15 @@ pub(super) async fn reconcile(
             }
         }
     }
+    let mut desired = u32::try_from(ais.spec.replicas).unwrap_or(0);
+    if member_scaled {
+        member_chosen(&mut reports, &mut desired);
+    }
     let facts = ServiceFacts {
-        desired: u32::try_from(ais.spec.replicas).unwrap_or(0),
-        min_available: u32::try_from(ais.spec.min_replicas()).unwrap_or(0),
+        desired,
+        min_available: u32::try_from(ais.spec.min_replicas())
+            .unwrap_or(0)
+            .min(desired),
         pools: reports,
         unplaced: decision
             .as_ref()
@@ -214,6 +256,8 @@ pub(super) async fn reconcile(
             .as_ref()
             .map(|d| d.failing_over.clone())
             .unwrap_or_default(),
+        migration_stalled: ctx.stalled_moves.avoided(&ais, &ctx.pools),
+        timeout_seconds: ais.spec.migration().timeout().as_secs(),
     };
     let parts = status::service_status(&facts);
     let converged = parts
@@ -223,4 +267,21 @@ pub(super) async fn reconcile(
     write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
     // Member watches trigger reconciles as Deployments change; this is only a safety net.
     Ok((!converged).then_some(Duration::from_secs(30)))
+}
+
+/// With `scaling.mode: Member` the members choose the counts: where a wanted member has a
+/// Deployment, its count is what is desired there, and the total is their sum.
+fn member_chosen(reports: &mut BTreeMap<String, PoolReport>, desired: &mut u32) {
+    let mut chosen = 0u32;
+    let mut any = false;
+    for r in reports.values_mut().filter(|r| r.desired > 0) {
+        if r.spec > 0 {
+            r.desired = r.spec;
+        }
+        chosen = chosen.saturating_add(r.desired);
+        any = true;
+    }
+    if any {
+        *desired = chosen;
+    }
 }

@@ -97,6 +97,28 @@ pub(super) fn next_wake(ctx: &Context) -> Duration {
     wake.max(Duration::from_millis(100))
 }
 
+/// Takes `avoided` members out of the clouds `service` may use (moves there were given up).
+fn avoid(
+    service: &mut skyloom_solver::Service,
+    avoided: &[String],
+    clouds: &[skyloom_solver::Cloud],
+) {
+    if avoided.is_empty() {
+        return;
+    }
+    let allowed = service
+        .placement
+        .clouds
+        .clone()
+        .unwrap_or_else(|| clouds.iter().map(|c| c.name.clone()).collect());
+    service.placement.clouds = Some(
+        allowed
+            .into_iter()
+            .filter(|c| !avoided.contains(c))
+            .collect(),
+    );
+}
+
 /// Builds the snapshot, solves, stores the decisions; returns the services whose decision
 /// changed.
 pub(super) async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
@@ -182,7 +204,11 @@ pub(super) async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
             }
         }
         match snapshot::service(&ais, current) {
-            Ok(s) => services.push(s),
+            Ok(mut s) => {
+                let avoided = ctx.stalled_moves.avoided(&ais, &ctx.pools);
+                avoid(&mut s, &avoided, &clouds);
+                services.push(s)
+            }
             Err(e) => {
                 invalid.insert(key, e.to_string());
             }

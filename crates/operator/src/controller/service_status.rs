@@ -75,15 +75,24 @@ pub(super) async fn write_service_status(
     Ok(())
 }
 
-/// Publishes one Event per condition (Ready, Scheduled, Stalled, Available) whose status
-/// changed: events on state changes only, never on every reconcile.
+/// Publishes one Event per condition (Ready, Scheduled, Stalled, Available, Reachable,
+/// MigrationStalled, and Progressing when it turns False) whose status changed: events on
+/// state changes only, never on every reconcile.
 pub(super) async fn publish_transitions(
     ctx: &Context,
     object: &k8s_openapi::api::core::v1::ObjectReference,
     before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) {
-    const NOTEWORTHY: [&str; 5] = ["Ready", "Scheduled", "Stalled", "Available", "Reachable"];
+    const NOTEWORTHY: [&str; 7] = [
+        "Ready",
+        "Scheduled",
+        "Stalled",
+        "Available",
+        "Reachable",
+        "MigrationStalled",
+        "Progressing",
+    ];
     for c in after
         .iter()
         .filter(|c| NOTEWORTHY.contains(&c.type_.as_str()))
@@ -97,8 +106,18 @@ pub(super) async fn publish_transitions(
         }
         let bad = matches!(
             (c.type_.as_str(), c.status.as_str()),
-            ("Stalled", "True") | ("Ready" | "Scheduled" | "Available" | "Reachable", "False")
+            ("Stalled" | "MigrationStalled", "True")
+                | (
+                    "Ready" | "Scheduled" | "Available" | "Reachable" | "Progressing",
+                    "False"
+                )
         );
+        // Progressing and MigrationStalled speak only when something went wrong or stopped
+        // being wrong; Ready already tells every normal step.
+        let quiet_unless_bad = matches!(c.type_.as_str(), "Progressing" | "MigrationStalled");
+        if quiet_unless_bad && !bad && old.is_none_or(|o| o.status == c.status) {
+            continue;
+        }
         let event = KubeEvent {
             type_: if bad {
                 EventType::Warning
