@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use skyloom_api::AIService;
 use skyloom_e2e::operator::{OperatorHandle, register_priced_members, test_args};
-use skyloom_e2e::{TestNamespace, eventually, shared};
+use skyloom_e2e::{
+    TestNamespace, eventually, gpu_service, member_replicas, remove_service, service_ready, shared,
+};
 use skyloom_testbed::Testbed;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
@@ -34,54 +35,9 @@ async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
 }
 
 fn service(name: &str, replicas: i32, grace_seconds: i32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "skyloom.io/v1alpha1",
-        "kind": "AIService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "failover": {"unreachableGracePeriodSeconds": grace_seconds},
-            "template": {"spec": {"containers": [{
-                "name": "server",
-                "image": "registry.example/llm:1.0",
-                "resources": {"requests": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": "1"},
-                              "limits": {"nvidia.com/gpu": "1"}},
-            }]}},
-        },
-    })
-}
-
-/// (spec.replicas, available) of `ns/name` per member, read past the fault proxies.
-async fn observe(tb: &Testbed, ns: &str, name: &str) -> BTreeMap<String, (i32, i32)> {
-    let mut out = BTreeMap::new();
-    for m in tb.members() {
-        let api: Api<Deployment> = Api::namespaced(m.direct_client().await.unwrap(), ns);
-        if let Ok(Some(d)) = api.get_opt(name).await {
-            let available = d
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            out.insert(
-                m.name().to_owned(),
-                (d.spec.replicas.unwrap_or(0), available),
-            );
-        }
-    }
-    out
-}
-
-async fn ready(hub: &Client, ns: &str, name: &str) -> bool {
-    let api: Api<AIService> = Api::namespaced(hub.clone(), ns);
-    let Ok(ais) = api.get(name).await else {
-        return false;
-    };
-    ais.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            && s.observed_generation == ais.metadata.generation
-    })
+    let mut doc = gpu_service(name, replicas);
+    doc["spec"]["failover"] = serde_json::json!({"unreachableGracePeriodSeconds": grace_seconds});
+    doc
 }
 
 async fn start_service(tb: &Testbed, hub: &Client, ns: &str, doc: serde_json::Value) {
@@ -98,29 +54,14 @@ async fn start_service(tb: &Testbed, hub: &Client, ns: &str, doc: serde_json::Va
         Duration::from_secs(60),
         "the service to be Ready on azure",
         || async {
-            let placed = observe(tb, ns, &name).await;
-            (ready(hub, ns, &name).await
+            let placed = member_replicas(tb, ns, &name).await;
+            (service_ready(hub, ns, &name).await
                 && placed == BTreeMap::from([("azure-eastus".to_owned(), (2, 2))]))
             .then_some(())
         },
     )
     .await
     .unwrap();
-}
-
-async fn cleanup(tb: &Testbed, hub: &Client, ns: TestNamespace, name: &str) {
-    Api::<AIService>::namespaced(hub.clone(), &ns.name)
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "member Deployments to go",
-        || async { observe(tb, &ns.name, name).await.is_empty().then_some(()) },
-    )
-    .await
-    .unwrap();
-    ns.delete().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +74,7 @@ async fn a_cut_shorter_than_the_grace_period_moves_nothing() {
     azure.cut();
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
-        let placed = observe(tb, &ns.name, "steady").await;
+        let placed = member_replicas(tb, &ns.name, "steady").await;
         assert_eq!(
             placed.keys().collect::<Vec<_>>(),
             vec!["azure-eastus"],
@@ -143,15 +84,15 @@ async fn a_cut_shorter_than_the_grace_period_moves_nothing() {
     }
     azure.restore();
     eventually(Duration::from_secs(30), "Ready again", || async {
-        ready(&hub, &ns.name, "steady").await.then_some(())
+        service_ready(&hub, &ns.name, "steady").await.then_some(())
     })
     .await
     .unwrap();
     assert_eq!(
-        observe(tb, &ns.name, "steady").await,
+        member_replicas(tb, &ns.name, "steady").await,
         BTreeMap::from([("azure-eastus".to_owned(), (2, 2))])
     );
-    cleanup(tb, &hub, ns, "steady").await;
+    remove_service(tb, &hub, ns, "steady").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +109,7 @@ async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
         Duration::from_secs(60),
         "replacements Available outside azure",
         || async {
-            let placed = observe(tb, &ns.name, "mover").await;
+            let placed = member_replicas(tb, &ns.name, "mover").await;
             let elsewhere: i32 = placed
                 .iter()
                 .filter(|(k, _)| *k != "azure-eastus")
@@ -183,7 +124,7 @@ async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
         took >= Duration::from_secs(3),
         "failover before the grace period: {took:?}"
     );
-    let placed = observe(tb, &ns.name, "mover").await;
+    let placed = member_replicas(tb, &ns.name, "mover").await;
     assert_eq!(
         placed.get("azure-eastus"),
         Some(&(2, 2)),
@@ -194,12 +135,26 @@ async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
         "the cheaper healthy member was used: {placed:?}"
     );
     // Back: the surplus goes, and at no sampled moment are fewer than 2 replicas available.
+    // Every member's spec.replicas is recorded from the restore on (CASE-02 E4).
+    let history = std::sync::Mutex::new(BTreeMap::<String, Vec<i32>>::new());
+    let record = |placed: &BTreeMap<String, (i32, i32)>| {
+        let mut h = history.lock().unwrap();
+        for m in tb.members() {
+            let spec = placed.get(m.name()).map_or(0, |v| v.0);
+            let seq = h.entry(m.name().to_owned()).or_default();
+            if seq.last() != Some(&spec) {
+                seq.push(spec);
+            }
+        }
+    };
+    record(&member_replicas(tb, &ns.name, "mover").await);
     azure.restore();
     let settled = eventually(
         Duration::from_secs(60),
         "the surplus to be removed",
         || async {
-            let placed = observe(tb, &ns.name, "mover").await;
+            let placed = member_replicas(tb, &ns.name, "mover").await;
+            record(&placed);
             let available: i32 = placed.values().map(|v| v.1).sum();
             assert!(
                 available >= 2,
@@ -215,11 +170,24 @@ async fn a_long_cut_fails_over_and_the_return_prunes_only_the_surplus() {
     eventually(
         Duration::from_secs(30),
         "Ready after the return",
-        || async { ready(&hub, &ns.name, "mover").await.then_some(()) },
+        || async { service_ready(&hub, &ns.name, "mover").await.then_some(()) },
     )
     .await
     .unwrap();
-    cleanup(tb, &hub, ns, "mover").await;
+    // No flapping: a little longer, then each member changed at most once since the return.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        record(&member_replicas(tb, &ns.name, "mover").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let history = history.into_inner().unwrap();
+    for (member, seq) in &history {
+        assert!(
+            seq.len() <= 2,
+            "{member} changed more than once after the return: {history:?}"
+        );
+    }
+    remove_service(tb, &hub, ns, "mover").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +204,7 @@ async fn hold_mode_never_fails_over() {
     // Well past the grace period: nothing anywhere else, and the service says why.
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        let placed = observe(tb, &ns.name, "singleton").await;
+        let placed = member_replicas(tb, &ns.name, "singleton").await;
         assert_eq!(
             placed.keys().collect::<Vec<_>>(),
             vec!["azure-eastus"],
@@ -260,13 +228,15 @@ async fn hold_mode_never_fails_over() {
     );
     azure.restore();
     eventually(Duration::from_secs(30), "Ready again", || async {
-        ready(&hub, &ns.name, "singleton").await.then_some(())
+        service_ready(&hub, &ns.name, "singleton")
+            .await
+            .then_some(())
     })
     .await
     .unwrap();
     assert_eq!(
-        observe(tb, &ns.name, "singleton").await,
+        member_replicas(tb, &ns.name, "singleton").await,
         BTreeMap::from([("azure-eastus".to_owned(), (2, 2))])
     );
-    cleanup(tb, &hub, ns, "singleton").await;
+    remove_service(tb, &hub, ns, "singleton").await.unwrap();
 }

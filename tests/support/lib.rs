@@ -159,3 +159,100 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// (spec.replicas, available) of the Deployment `ns/name` per member that has one, read past
+/// the fault proxies (so a cut member still answers).
+pub async fn member_replicas(
+    tb: &Testbed,
+    ns: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, (i32, i32)> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in tb.members() {
+        if let Some(v) = member_replica_pair(m, ns, name).await {
+            out.insert(m.name().to_owned(), v);
+        }
+    }
+    out
+}
+
+/// (spec.replicas, available) of the Deployment `ns/name` in `member`, if it exists.
+pub async fn member_replica_pair(member: &Member, ns: &str, name: &str) -> Option<(i32, i32)> {
+    let client = member.direct_client().await.ok()?;
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, ns);
+    let d = api.get_opt(name).await.ok()??;
+    let available = d
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    Some((d.spec.replicas.unwrap_or(0), available))
+}
+
+/// Whether the AIService `ns/name` is Ready for its current generation.
+pub async fn service_ready(hub: &Client, ns: &str, name: &str) -> bool {
+    let api: Api<skyloom_api::AIService> = Api::namespaced(hub.clone(), ns);
+    let Ok(ais) = api.get(name).await else {
+        return false;
+    };
+    ais.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            && s.observed_generation == ais.metadata.generation
+    })
+}
+
+/// An AIService of `replicas` replicas, each asking for 1 CPU, 4 GiB and one GPU.
+pub fn gpu_service(name: &str, replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "skyloom.io/v1alpha1",
+        "kind": "AIService",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [{
+                "name": "server",
+                "image": "registry.example/llm:1.0",
+                "resources": {"requests": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": "1"},
+                              "limits": {"nvidia.com/gpu": "1"}},
+            }]}},
+        },
+    })
+}
+
+/// Deletes the AIService `name`, waits until no member has its Deployment, then deletes the
+/// namespace.
+pub async fn remove_service(
+    tb: &Testbed,
+    hub: &Client,
+    ns: TestNamespace,
+    name: &str,
+) -> anyhow::Result<()> {
+    Api::<skyloom_api::AIService>::namespaced(hub.clone(), &ns.name)
+        .delete(name, &DeleteParams::default())
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "member Deployments to go",
+        || async {
+            member_replicas(tb, &ns.name, name)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await?;
+    ns.delete().await
+}
+
+/// Whether `conditions` hold `type_` with `status` ("True", "False" or "Unknown").
+pub fn has_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+    status: &str,
+) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == status)
+}

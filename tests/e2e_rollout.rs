@@ -1,0 +1,441 @@
+//! Rollouts and other writers on the testbed: a price change moves a service
+//! make-before-break (CASE-05), a saving below minSavingsPercent moves nothing, a target that
+//! never turns Ready stalls the move without touching the source (MigrationStalled), a member
+//! rollout past its deadline reports ProgressDeadlineExceeded (CASE-12), a manual scale in a
+//! member is reverted and `scaling.mode: Member` leaves the count to the member (CASE-10).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use skyloom_api::AIService;
+use skyloom_e2e::operator::{OperatorHandle, register_priced_members, test_args};
+use skyloom_e2e::{
+    TestNamespace, eventually, gpu_service, member_replica_pair, member_replicas, remove_service,
+    run_kubectl, service_ready, shared,
+};
+use skyloom_testbed::Testbed;
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+
+const AZURE: &str = "azure-eastus";
+const GCP: &str = "gcp-europe-west4";
+
+static ENV: OnceCell<OperatorHandle> = OnceCell::const_new();
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// The shared testbed with the operator running, prices reset to azure 2.00 < gcp 2.50 <
+/// aws 3.00, one test at a time (tests change prices).
+async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().await;
+    let tb = shared().await;
+    register_priced_members(tb)
+        .await
+        .expect("members registered");
+    ENV.get_or_init(|| async { OperatorHandle::start(tb, test_args()) })
+        .await;
+    (tb, guard)
+}
+
+fn service(name: &str, replicas: i32) -> serde_json::Value {
+    let mut doc = gpu_service(name, replicas);
+    doc["spec"]["migration"] =
+        serde_json::json!({"maxSurge": 1, "maxUnavailable": 0, "timeoutSeconds": 30});
+    doc
+}
+
+async fn apply(hub: &Client, ns: &str, doc: &serde_json::Value) {
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    Api::<AIService>::namespaced(hub.clone(), ns)
+        .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(doc))
+        .await
+        .unwrap();
+}
+
+/// Applies `doc` and waits until it is Ready with every replica on azure (the cheapest).
+async fn start_on_azure(tb: &Testbed, hub: &Client, ns: &str, doc: &serde_json::Value) {
+    apply(hub, ns, doc).await;
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    let n = i32::try_from(doc["spec"]["replicas"].as_i64().unwrap()).unwrap();
+    eventually(Duration::from_secs(60), "Ready on azure", || async {
+        (service_ready(hub, ns, name).await
+            && member_replicas(tb, ns, name).await == BTreeMap::from([(AZURE.to_owned(), (n, n))]))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn set_gpu_price(hub: &Client, pool: &str, price: &str) {
+    let patch = serde_json::json!({"spec": {"prices": {"nvidia.com/gpu": price}}});
+    Api::<skyloom_api::CloudPool>::all(hub.clone())
+        .patch(pool, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+async fn conditions(hub: &Client, ns: &str, name: &str) -> Vec<Condition> {
+    let api: Api<AIService> = Api::namespaced(hub.clone(), ns);
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|a| a.status)
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+}
+
+fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+/// What a sampler saw during a move from `source` to `target`, every ~200 ms.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Lowest Σ available seen.
+    min_available: i32,
+    /// Highest Σ spec.replicas seen.
+    max_requested: i32,
+    /// Samples where the source held fewer than `replicas - available at the target`.
+    early_drains: Vec<String>,
+    /// Distinct consecutive (source spec, target spec) pairs.
+    steps: Vec<(i32, i32)>,
+}
+
+/// Samples until `stop` is set. Each sample reads the source, the target, then the source
+/// again, so that a change between the reads can only make the checks looser, never fail
+/// them spuriously: the target's spec and availability only grow during a move and the
+/// source's only shrink.
+fn sample_move(
+    tb: &'static Testbed,
+    ns: String,
+    name: String,
+    replicas: i32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Trace> {
+    tokio::spawn(async move {
+        let source = tb.member(AZURE).unwrap();
+        let target = tb.member(GCP).unwrap();
+        let mut t = Trace {
+            min_available: i32::MAX,
+            ..Trace::default()
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let before = member_replica_pair(source, &ns, &name)
+                .await
+                .unwrap_or((0, 0));
+            let tgt = member_replica_pair(target, &ns, &name)
+                .await
+                .unwrap_or((0, 0));
+            let after = member_replica_pair(source, &ns, &name)
+                .await
+                .unwrap_or((0, 0));
+            t.min_available = t.min_available.min(before.1 + tgt.1);
+            t.max_requested = t.max_requested.max(tgt.0 + after.0);
+            if before.0 < replicas - tgt.1 {
+                t.early_drains
+                    .push(format!("source {before:?}, target {tgt:?}"));
+            }
+            if t.steps.last() != Some(&(after.0, tgt.0)) {
+                t.steps.push((after.0, tgt.0));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        t
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheaper_cloud_gets_the_replicas_make_before_break() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "mv-price").await.unwrap();
+    start_on_azure(tb, &hub, &ns.name, &service("llm", 4)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_move(tb, ns.name.clone(), "llm".into(), 4, stop.clone());
+    set_gpu_price(&hub, GCP, "1.00").await;
+    eventually(Duration::from_secs(75), "every replica on gcp", || async {
+        (member_replicas(tb, &ns.name, "llm").await == BTreeMap::from([(GCP.to_owned(), (4, 4))])
+            && service_ready(&hub, &ns.name, "llm").await)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let trace = sampler.await.unwrap();
+    assert!(trace.min_available >= 4, "capacity lost: {trace:?}");
+    assert!(
+        trace.max_requested <= 5,
+        "more than maxSurge extra: {trace:?}"
+    );
+    assert!(
+        trace.early_drains.is_empty(),
+        "the source shrank before the target was Available: {trace:?}"
+    );
+    assert!(
+        trace.steps.len() >= 4,
+        "the move went in one step, not make-before-break: {trace:?}"
+    );
+    remove_service(tb, &hub, ns, "llm").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saving_below_min_savings_percent_moves_nothing() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "mv-small").await.unwrap();
+    start_on_azure(tb, &hub, &ns.name, &service("steady", 2)).await;
+    // gcp at 1.90 is about 5% cheaper per replica than azure at 2.00: less than the 10% default.
+    set_gpu_price(&hub, GCP, "1.90").await;
+    let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
+    let why = eventually(
+        Duration::from_secs(30),
+        "the solver to weigh the cheaper gcp",
+        || async {
+            let placed = member_replicas(tb, &ns.name, "steady").await;
+            assert_eq!(
+                placed.keys().collect::<Vec<_>>(),
+                vec![AZURE],
+                "a replica moved"
+            );
+            let explanation = api.get("steady").await.ok()?.status?.explanation?;
+            let text = serde_json::to_string(&explanation).ok()?;
+            text.contains("minSavingsPercent").then_some(text)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(why.contains(GCP), "{why}");
+    assert_eq!(
+        member_replicas(tb, &ns.name, "steady").await,
+        BTreeMap::from([(AZURE.to_owned(), (2, 2))])
+    );
+    remove_service(tb, &hub, ns, "steady").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_turns_ready_stalls_the_move_and_keeps_the_source() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "mv-stall").await.unwrap();
+    let mut doc = service("stuck", 2);
+    // gcp's Pods run but never turn Ready (say, no GPU driver there); azure's are fine.
+    doc["spec"]["template"]["metadata"] =
+        serde_json::json!({"annotations": {"testbed.skyloom.io/never-ready": GCP}});
+    start_on_azure(tb, &hub, &ns.name, &doc).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_move(tb, ns.name.clone(), "stuck".into(), 2, stop.clone());
+    let started = Instant::now();
+    set_gpu_price(&hub, GCP, "1.00").await;
+    eventually(Duration::from_secs(20), "the move to start", || async {
+        member_replicas(tb, &ns.name, "stuck")
+            .await
+            .contains_key(GCP)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let stalled = eventually(Duration::from_secs(75), "MigrationStalled", || async {
+        find(
+            &conditions(&hub, &ns.name, "stuck").await,
+            "MigrationStalled",
+        )
+        .filter(|c| c.status == "True")
+        .cloned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "given up before migration.timeoutSeconds"
+    );
+    assert_eq!(stalled.reason, "ProgressDeadlineExceeded");
+    assert!(stalled.message.contains(GCP), "{}", stalled.message);
+    // The target's surplus goes; the source was never drained; the service stays Ready.
+    eventually(Duration::from_secs(30), "gcp's surplus to go", || async {
+        (member_replicas(tb, &ns.name, "stuck").await
+            == BTreeMap::from([(AZURE.to_owned(), (2, 2))])
+            && service_ready(&hub, &ns.name, "stuck").await)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The operator stops trying: gcp is avoided while nothing changes.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert!(
+            !member_replicas(tb, &ns.name, "stuck")
+                .await
+                .contains_key(GCP),
+            "the given-up move was tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let trace = sampler.await.unwrap();
+    assert!(trace.min_available >= 2, "capacity lost: {trace:?}");
+    assert!(
+        trace.max_requested <= 3,
+        "more than maxSurge extra: {trace:?}"
+    );
+    assert!(trace.early_drains.is_empty(), "source drained: {trace:?}");
+    let events: Api<Event> = Api::namespaced(hub.clone(), &ns.name);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("MigrationStalled=True") && n.contains(GCP)),
+        "no MigrationStalled Event: {notes:?}"
+    );
+    remove_service(tb, &hub, ns, "stuck").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_past_its_deadline_reports_progress_deadline_exceeded() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "ro-deadline").await.unwrap();
+    let doc = service("rollout", 2);
+    start_on_azure(tb, &hub, &ns.name, &doc).await;
+    // Generation 2: a template whose Pods never turn Ready anywhere (a broken image).
+    let mut broken = doc.clone();
+    broken["spec"]["template"]["metadata"] =
+        serde_json::json!({"annotations": {"testbed.skyloom.io/never-ready": "true"}});
+    apply(&hub, &ns.name, &broken).await;
+    let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
+    let status = eventually(
+        Duration::from_secs(75),
+        "Progressing=False ProgressDeadlineExceeded",
+        || async {
+            let status = api.get("rollout").await.ok()?.status?;
+            let p = find(&status.conditions, "Progressing")?;
+            (p.status == "False" && p.reason == "ProgressDeadlineExceeded").then_some(status)
+        },
+    )
+    .await
+    .unwrap();
+    let stalled = find(&status.conditions, "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "ProgressDeadlineExceeded")
+    );
+    assert_eq!(find(&status.conditions, "Ready").unwrap().status, "False");
+    assert_eq!(
+        find(&status.conditions, "Available").unwrap().status,
+        "True",
+        "the old Pods keep serving"
+    );
+    let azure = status.placements.iter().find(|p| p.cloud == AZURE).unwrap();
+    assert_eq!(azure.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+    // Generation 3 reverts the template: Ready again.
+    apply(&hub, &ns.name, &doc).await;
+    eventually(
+        Duration::from_secs(60),
+        "Ready after the revert",
+        || async {
+            let ready = service_ready(&hub, &ns.name, "rollout").await;
+            let p = find(&conditions(&hub, &ns.name, "rollout").await, "Progressing").cloned()?;
+            (ready && p.status == "True").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    remove_service(tb, &hub, ns, "rollout").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_scale_in_a_member_is_reverted() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "wr-scale").await.unwrap();
+    start_on_azure(tb, &hub, &ns.name, &service("owned", 2)).await;
+    let azure = tb.member(AZURE).unwrap();
+    let (ok, _, err) = run_kubectl(
+        azure,
+        &["scale", "deploy/owned", "-n", &ns.name, "--replicas=4"],
+    );
+    assert!(ok, "{err}");
+    eventually(
+        Duration::from_secs(30),
+        "the scale to be reverted",
+        || async {
+            (member_replica_pair(azure, &ns.name, "owned").await == Some((2, 2))
+                && service_ready(&hub, &ns.name, "owned").await)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    remove_service(tb, &hub, ns, "owned").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_scaling_mode_leaves_the_replica_count_to_the_member() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "wr-member").await.unwrap();
+    let mut doc = service("autoscaled", 2);
+    doc["spec"]["scaling"] = serde_json::json!({"mode": "Member"});
+    start_on_azure(tb, &hub, &ns.name, &doc).await;
+    let azure = tb.member(AZURE).unwrap();
+    let deployments: Api<Deployment> =
+        Api::namespaced(azure.direct_client().await.unwrap(), &ns.name);
+    let owns_replicas = |d: &Deployment, manager: &str| {
+        d.metadata.managed_fields.iter().flatten().any(|f| {
+            f.manager.as_deref() == Some(manager)
+                && f.fields_v1
+                    .as_ref()
+                    .is_some_and(|v| v.0.pointer("/f:spec/f:replicas").is_some())
+        })
+    };
+    let d = deployments.get("autoscaled").await.unwrap();
+    assert!(
+        !owns_replicas(&d, "skyloom"),
+        "Skyloom's field manager owns spec.replicas: {:?}",
+        d.metadata.managed_fields
+    );
+    // The member (an HPA, here kubectl) picks 3; Skyloom reports it and leaves it.
+    let (ok, _, err) = run_kubectl(
+        azure,
+        &["scale", "deploy/autoscaled", "-n", &ns.name, "--replicas=3"],
+    );
+    assert!(ok, "{err}");
+    let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
+    eventually(Duration::from_secs(30), "status to report 3", || async {
+        let status = api.get("autoscaled").await.ok()?.status?;
+        (status.replicas == Some(3)
+            && status.available_replicas == Some(3)
+            && service_ready(&hub, &ns.name, "autoscaled").await)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            member_replica_pair(azure, &ns.name, "autoscaled")
+                .await
+                .map(|p| p.0),
+            Some(3),
+            "Skyloom overwrote the member's count"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let d = deployments.get("autoscaled").await.unwrap();
+    assert!(!owns_replicas(&d, "skyloom"));
+    remove_service(tb, &hub, ns, "autoscaled").await.unwrap();
+}
