@@ -1,8 +1,9 @@
 //! Rollouts and other writers on the testbed: a price change moves a service
-//! make-before-break (CASE-05), a saving below minSavingsPercent moves nothing, a target that
-//! never turns Ready stalls the move without touching the source (MigrationStalled), a member
-//! rollout past its deadline reports ProgressDeadlineExceeded (CASE-12), a manual scale in a
-//! member is reverted and `scaling.mode: Member` leaves the count to the member (CASE-10).
+//! make-before-break and a price that flips back mid-way turns it around once (CASE-05); a
+//! saving below minSavingsPercent moves nothing; a target that never turns Ready stalls the
+//! move without touching the source (MigrationStalled); a member rollout past its deadline
+//! reports ProgressDeadlineExceeded (CASE-12); a manual scale in a member is reverted and
+//! `scaling.mode: Member` leaves the count to the member (CASE-10).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
@@ -59,18 +60,27 @@ async fn apply(hub: &Client, ns: &str, doc: &serde_json::Value) {
         .unwrap();
 }
 
+/// Waits until `name` runs `n` replicas, all Available, in `pool` alone and is Ready.
+async fn settle_on(tb: &Testbed, hub: &Client, ns: &str, name: &str, pool: &str, n: i32) {
+    eventually(
+        Duration::from_secs(75),
+        &format!("{n} replicas on {pool} alone"),
+        || async {
+            (member_replicas(tb, ns, name).await == BTreeMap::from([(pool.to_owned(), (n, n))])
+                && service_ready(hub, ns, name).await)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Applies `doc` and waits until it is Ready with every replica on azure (the cheapest).
 async fn start_on_azure(tb: &Testbed, hub: &Client, ns: &str, doc: &serde_json::Value) {
     apply(hub, ns, doc).await;
     let name = doc["metadata"]["name"].as_str().unwrap();
     let n = i32::try_from(doc["spec"]["replicas"].as_i64().unwrap()).unwrap();
-    eventually(Duration::from_secs(60), "Ready on azure", || async {
-        (service_ready(hub, ns, name).await
-            && member_replicas(tb, ns, name).await == BTreeMap::from([(AZURE.to_owned(), (n, n))]))
-        .then_some(())
-    })
-    .await
-    .unwrap();
+    settle_on(tb, hub, ns, name, AZURE, n).await;
 }
 
 async fn set_gpu_price(hub: &Client, pool: &str, price: &str) {
@@ -95,23 +105,47 @@ fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 
-/// What a sampler saw during a move from `source` to `target`, every ~200 ms.
+/// What a sampler saw while replicas moved between azure and gcp, every ~200 ms.
 #[derive(Debug, Default)]
 struct Trace {
     /// Lowest Σ available seen.
     min_available: i32,
     /// Highest Σ spec.replicas seen.
     max_requested: i32,
-    /// Samples where the source held fewer than `replicas - available at the target`.
+    /// Samples where a member held fewer than `replicas - available in the other`: it shrank
+    /// before the replicas replacing it were Available.
     early_drains: Vec<String>,
-    /// Distinct consecutive (source spec, target spec) pairs.
-    steps: Vec<(i32, i32)>,
+    /// Distinct consecutive spec.replicas of azure and of gcp.
+    azure: Vec<i32>,
+    gcp: Vec<i32>,
 }
 
-/// Samples until `stop` is set. Each sample reads the source, the target, then the source
-/// again, so that a change between the reads can only make the checks looser, never fail
-/// them spuriously: the target's spec and availability only grow during a move and the
-/// source's only shrink.
+impl Trace {
+    /// Never fewer than `replicas` Available, never more than `replicas + 1` (maxSurge)
+    /// requested, and no member shrank before its replacements were Available.
+    fn assert_make_before_break(&self, replicas: i32) {
+        assert!(self.min_available >= replicas, "capacity lost: {self:?}");
+        assert!(
+            self.max_requested <= replicas + 1,
+            "more than maxSurge extra: {self:?}"
+        );
+        assert!(
+            self.early_drains.is_empty(),
+            "a member shrank before its replacements were Available: {self:?}"
+        );
+    }
+
+    /// How often `seq` turns from growing to shrinking or back.
+    fn turns(seq: &[i32]) -> usize {
+        let signs: Vec<bool> = seq.windows(2).map(|w| w[1] > w[0]).collect();
+        signs.windows(2).filter(|w| w[0] != w[1]).count()
+    }
+}
+
+/// Samples until `stop` is set. Each sample reads azure, gcp, then azure again; azure's
+/// counts are taken at the more favourable of its two reads, gcp's are exact at the middle
+/// one, so a change between the reads cannot fail a check spuriously (no count goes down and
+/// back up within the milliseconds of one sample).
 fn sample_move(
     tb: &'static Testbed,
     ns: String,
@@ -120,30 +154,27 @@ fn sample_move(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Trace> {
     tokio::spawn(async move {
-        let source = tb.member(AZURE).unwrap();
-        let target = tb.member(GCP).unwrap();
+        let (azure, gcp) = (tb.member(AZURE).unwrap(), tb.member(GCP).unwrap());
+        let read = |m| member_replica_pair(m, &ns, &name);
         let mut t = Trace {
             min_available: i32::MAX,
             ..Trace::default()
         };
         while !stop.load(Ordering::SeqCst) {
-            let before = member_replica_pair(source, &ns, &name)
-                .await
-                .unwrap_or((0, 0));
-            let tgt = member_replica_pair(target, &ns, &name)
-                .await
-                .unwrap_or((0, 0));
-            let after = member_replica_pair(source, &ns, &name)
-                .await
-                .unwrap_or((0, 0));
-            t.min_available = t.min_available.min(before.1 + tgt.1);
-            t.max_requested = t.max_requested.max(tgt.0 + after.0);
-            if before.0 < replicas - tgt.1 {
+            let a1 = read(azure).await.unwrap_or((0, 0));
+            let g = read(gcp).await.unwrap_or((0, 0));
+            let a2 = read(azure).await.unwrap_or((0, 0));
+            let a_available = a1.1.max(a2.1);
+            t.min_available = t.min_available.min(a_available + g.1);
+            t.max_requested = t.max_requested.max(a1.0.min(a2.0) + g.0);
+            if a1.0.max(a2.0) + g.1 < replicas || g.0 + a_available < replicas {
                 t.early_drains
-                    .push(format!("source {before:?}, target {tgt:?}"));
+                    .push(format!("azure {a1:?}/{a2:?}, gcp {g:?}"));
             }
-            if t.steps.last() != Some(&(after.0, tgt.0)) {
-                t.steps.push((after.0, tgt.0));
+            for (seq, v) in [(&mut t.azure, a2.0), (&mut t.gcp, g.0)] {
+                if seq.last() != Some(&v) {
+                    seq.push(v);
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -160,29 +191,48 @@ async fn a_cheaper_cloud_gets_the_replicas_make_before_break() {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_move(tb, ns.name.clone(), "llm".into(), 4, stop.clone());
     set_gpu_price(&hub, GCP, "1.00").await;
-    eventually(Duration::from_secs(75), "every replica on gcp", || async {
-        (member_replicas(tb, &ns.name, "llm").await == BTreeMap::from([(GCP.to_owned(), (4, 4))])
-            && service_ready(&hub, &ns.name, "llm").await)
+    settle_on(tb, &hub, &ns.name, "llm", GCP, 4).await;
+    stop.store(true, Ordering::SeqCst);
+    let trace = sampler.await.unwrap();
+    trace.assert_make_before_break(4);
+    assert!(
+        trace.gcp.len() >= 3,
+        "the move went in one step, not make-before-break: {trace:?}"
+    );
+    remove_service(tb, &hub, ns, "llm").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_that_flips_back_mid_move_turns_each_member_around_once() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "mv-flip").await.unwrap();
+    start_on_azure(tb, &hub, &ns.name, &service("flip", 4)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_move(tb, ns.name.clone(), "flip".into(), 4, stop.clone());
+    set_gpu_price(&hub, GCP, "1.00").await;
+    eventually(Duration::from_secs(30), "the move to start", || async {
+        let on_gcp = member_replicas(tb, &ns.name, "flip")
+            .await
+            .get(GCP)
+            .copied();
+        on_gcp
+            .is_some_and(|(_, available)| available >= 1)
             .then_some(())
     })
     .await
     .unwrap();
+    // Halfway: gcp is dear again, so the replicas go back to azure.
+    set_gpu_price(&hub, GCP, "2.50").await;
+    settle_on(tb, &hub, &ns.name, "flip", AZURE, 4).await;
     stop.store(true, Ordering::SeqCst);
     let trace = sampler.await.unwrap();
-    assert!(trace.min_available >= 4, "capacity lost: {trace:?}");
+    trace.assert_make_before_break(4);
     assert!(
-        trace.max_requested <= 5,
-        "more than maxSurge extra: {trace:?}"
+        Trace::turns(&trace.azure) <= 1 && Trace::turns(&trace.gcp) <= 1,
+        "a member changed direction more than once: {trace:?}"
     );
-    assert!(
-        trace.early_drains.is_empty(),
-        "the source shrank before the target was Available: {trace:?}"
-    );
-    assert!(
-        trace.steps.len() >= 4,
-        "the move went in one step, not make-before-break: {trace:?}"
-    );
-    remove_service(tb, &hub, ns, "llm").await.unwrap();
+    remove_service(tb, &hub, ns, "flip").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,14 +308,7 @@ async fn a_target_that_never_turns_ready_stalls_the_move_and_keeps_the_source() 
     assert_eq!(stalled.reason, "ProgressDeadlineExceeded");
     assert!(stalled.message.contains(GCP), "{}", stalled.message);
     // The target's surplus goes; the source was never drained; the service stays Ready.
-    eventually(Duration::from_secs(30), "gcp's surplus to go", || async {
-        (member_replicas(tb, &ns.name, "stuck").await
-            == BTreeMap::from([(AZURE.to_owned(), (2, 2))])
-            && service_ready(&hub, &ns.name, "stuck").await)
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    settle_on(tb, &hub, &ns.name, "stuck", AZURE, 2).await;
     // The operator stops trying: gcp is avoided while nothing changes.
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
@@ -278,13 +321,7 @@ async fn a_target_that_never_turns_ready_stalls_the_move_and_keeps_the_source() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let trace = sampler.await.unwrap();
-    assert!(trace.min_available >= 2, "capacity lost: {trace:?}");
-    assert!(
-        trace.max_requested <= 3,
-        "more than maxSurge extra: {trace:?}"
-    );
-    assert!(trace.early_drains.is_empty(), "source drained: {trace:?}");
+    sampler.await.unwrap().assert_make_before_break(2);
     let events: Api<Event> = Api::namespaced(hub.clone(), &ns.name);
     let notes: Vec<String> = events
         .list(&ListParams::default())
