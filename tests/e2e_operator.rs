@@ -528,6 +528,27 @@ async fn a_rejected_token_is_unauthorized_not_empty_and_a_rotated_one_is_picked_
     )
     .await
     .unwrap();
+    // The rotated token is a JWT valid for an hour: its expiry is shown, with a warning.
+    let pool = Api::<CloudPool>::all(hub.clone())
+        .get("azure-eastus")
+        .await
+        .unwrap();
+    let status = pool.status.unwrap();
+    let expiry = status
+        .credentials_expiry
+        .expect("status.credentialsExpiry")
+        .0;
+    let left = expiry.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((3000..=3700).contains(&left), "expires in {left} s");
+    let expiring = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CredentialsExpiring")
+        .expect("a CredentialsExpiring condition");
+    assert_eq!(
+        (expiring.status.as_str(), expiring.reason.as_str()),
+        ("True", "TokenExpiring")
+    );
     wait_ready(&hub, &ns.name, "rot").await;
     assert_eq!(
         member_replicas(tb, &ns.name, "rot").await,

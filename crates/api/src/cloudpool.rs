@@ -293,6 +293,9 @@ pub mod condition {
     pub const REACHABLE: &str = "Reachable";
     /// The kubeconfig Secret exists, is acceptable and authenticates.
     pub const CREDENTIALS_AVAILABLE: &str = "CredentialsAvailable";
+    /// The member credential expires within an hour or has expired (abnormal-true; see
+    /// `status.credentialsExpiry`). Rotate it, e.g. with `skyloom join` again.
+    pub const CREDENTIALS_EXPIRING: &str = "CredentialsExpiring";
 }
 
 /// CloudPool condition reasons.
@@ -315,6 +318,10 @@ pub mod reason {
     pub const UNREACHABLE: &str = "Unreachable";
     /// The pool is cordoned: healthy, but takes no new replicas.
     pub const CORDONED: &str = "Cordoned";
+    /// The member credential's token carries an expiry less than an hour away.
+    pub const TOKEN_EXPIRING: &str = "TokenExpiring";
+    /// The member credential's token expires in more than an hour, or carries no expiry.
+    pub const TOKEN_VALID: &str = "TokenValid";
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod client_limits;
 pub mod config;
 pub mod config_file;
 pub mod controller;
+pub mod credentials;
 pub mod explain;
 pub mod identity;
 pub mod kubeconfig_guard;

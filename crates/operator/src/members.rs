@@ -98,6 +98,8 @@ pub struct MemberView {
     pub last_probe: Option<SystemTime>,
     /// Whether the Deployment watch has listed everything since it (re)started.
     pub synced: bool,
+    /// When the member credential expires, if it is a token that says so.
+    pub credentials_expiry: Option<SystemTime>,
 }
 
 impl MemberView {
@@ -110,6 +112,7 @@ impl MemberView {
             capacity: None,
             last_probe: None,
             synced: false,
+            credentials_expiry: None,
         }
     }
 
@@ -328,6 +331,7 @@ impl Registry {
             }
             Err(e) => return rejected(Health::KubeconfigRejected(e.to_string())),
         };
+        let credentials_expiry = crate::credentials::token_expiry(&kubeconfig);
         let client = match client_from(
             kubeconfig,
             self.settings.member_timeout,
@@ -337,7 +341,10 @@ impl Registry {
             Ok(c) => c,
             Err(why) => return rejected(Health::KubeconfigRejected(why)),
         };
-        let view = Arc::new(RwLock::new(MemberView::new(name, since)));
+        let view = Arc::new(RwLock::new(MemberView {
+            credentials_expiry,
+            ..MemberView::new(name, since)
+        }));
         let (store, writer) = reflector::store();
         let tasks = vec![
             tokio::spawn(probe_loop(

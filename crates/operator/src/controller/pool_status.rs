@@ -78,6 +78,23 @@ pub(super) async fn write_pool_status(
         ),
         Cond::new(skyloom_api::conditions::STALLED, !creds, reason, message),
     ];
+    let expiry = view.credentials_expiry;
+    let expiring =
+        expiry.is_some_and(|t| crate::credentials::expiring_soon(t, std::time::SystemTime::now()));
+    conds.push(Cond::new(
+        pc::CREDENTIALS_EXPIRING,
+        expiring,
+        if expiring {
+            pr::TOKEN_EXPIRING
+        } else {
+            pr::TOKEN_VALID
+        },
+        match expiry.map(k8s_openapi::jiff::Timestamp::try_from) {
+            Some(Ok(t)) if expiring => format!("the member token expires at {t}; rotate it"),
+            Some(Ok(t)) => format!("the member token expires at {t}"),
+            _ => "the member credential carries no expiry".to_owned(),
+        },
+    ));
     if view.health == crate::members::Health::Unknown {
         conds[0].status = skyloom_api::conditions::status::UNKNOWN;
     }
@@ -98,7 +115,9 @@ pub(super) async fn write_pool_status(
         kubernetes_version: view.version.clone(),
         last_probe_time: previous.last_probe_time.clone(),
         orphans: super::pool_lifecycle::orphans(ctx, &name),
-        credentials_expiry: None,
+        credentials_expiry: expiry
+            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .map(Time),
         summary: None,
     };
     if let Some(cap) = &view.capacity {
