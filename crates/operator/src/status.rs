@@ -120,6 +120,20 @@ pub struct ServiceFacts {
     pub timeout_seconds: u64,
 }
 
+/// With `scaling.mode: Member` the members choose the counts: where a wanted member has a
+/// Deployment, its count becomes what is desired there. Returns the total desired, or None
+/// when no member is wanted.
+pub fn member_chosen(reports: &mut BTreeMap<String, PoolReport>) -> Option<u32> {
+    let mut total = None::<u32>;
+    for r in reports.values_mut().filter(|r| r.desired > 0) {
+        if r.spec > 0 {
+            r.desired = r.spec;
+        }
+        total = Some(total.unwrap_or(0).saturating_add(r.desired));
+    }
+    total
+}
+
 /// The computed status parts: totals, placements, summary and conditions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceStatusParts {
@@ -570,6 +584,22 @@ mod tests {
             ("True", "ProgressDeadlineExceeded")
         );
         assert!(m.message.contains("moving replicas to b"), "{}", m.message);
+    }
+
+    #[test]
+    fn member_scaling_reports_the_members_counts() {
+        let mut reports = BTreeMap::from([
+            ("a".to_owned(), pool(2, 5, 5, false)),
+            ("b".to_owned(), pool(2, 0, 0, false)),
+            ("c".to_owned(), pool(0, 1, 1, false)),
+        ]);
+        assert_eq!(member_chosen(&mut reports), Some(7), "a chose 5, b is new");
+        assert_eq!(reports["a"].desired, 5);
+        assert_eq!(
+            reports["c"].desired, 0,
+            "a member no longer wanted stays unwanted"
+        );
+        assert_eq!(member_chosen(&mut BTreeMap::new()), None);
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub(super) async fn reconcile(
     }
     let mut desired = u32::try_from(ais.spec.replicas).unwrap_or(0);
     if member_scaled {
-        member_chosen(&mut reports, &mut desired);
+        desired = status::member_chosen(&mut reports).unwrap_or(desired);
     }
     let facts = ServiceFacts {
         desired,
@@ -267,21 +267,4 @@ pub(super) async fn reconcile(
     write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
     // Member watches trigger reconciles as Deployments change; this is only a safety net.
     Ok((!converged).then_some(Duration::from_secs(30)))
-}
-
-/// With `scaling.mode: Member` the members choose the counts: where a wanted member has a
-/// Deployment, its count is what is desired there, and the total is their sum.
-fn member_chosen(reports: &mut BTreeMap<String, PoolReport>, desired: &mut u32) {
-    let mut chosen = 0u32;
-    let mut any = false;
-    for r in reports.values_mut().filter(|r| r.desired > 0) {
-        if r.spec > 0 {
-            r.desired = r.spec;
-        }
-        chosen = chosen.saturating_add(r.desired);
-        any = true;
-    }
-    if any {
-        *desired = chosen;
-    }
 }
