@@ -7,56 +7,40 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use skyloom::leader::Timing;
 use skyloom_api::AIService;
 use skyloom_e2e::operator::{
     OPERATOR_NAMESPACE, OperatorHandle, register_priced_members, test_args, unique_identity,
 };
-use skyloom_e2e::{TestNamespace, eventually, shared};
+use skyloom_e2e::{
+    TestNamespace, eventually, gpu_service, member_replicas, remove_service, shared,
+};
 use skyloom_testbed::{AuditWrite, Testbed};
 
 const LEASE_SECONDS: u64 = 6;
 const MEMBER: &str = "azure-eastus";
-
-fn service(replicas: i32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "skyloom.io/v1alpha1",
-        "kind": "AIService",
-        "metadata": {"name": "llm"},
-        "spec": {
-            "replicas": replicas,
-            "template": {"spec": {"containers": [{
-                "name": "server", "image": "registry.example/llm:1.0",
-                "resources": {"requests": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
-            }]}},
-        },
-    })
-}
 
 async fn apply(hub: &Client, ns: &str, replicas: i32) {
     Api::<AIService>::namespaced(hub.clone(), ns)
         .patch(
             "llm",
             &PatchParams::apply("e2e").force(),
-            &Patch::Apply(service(replicas)),
+            &Patch::Apply(gpu_service("llm", replicas)),
         )
         .await
         .unwrap();
 }
 
+/// spec.replicas of `ns/llm` per member that has it.
 async fn replicas(tb: &Testbed, ns: &str) -> BTreeMap<String, i32> {
-    let mut out = BTreeMap::new();
-    for m in tb.members() {
-        let api: Api<Deployment> = Api::namespaced(m.direct_client().await.unwrap(), ns);
-        if let Ok(Some(d)) = api.get_opt("llm").await {
-            out.insert(m.name().to_owned(), d.spec.replicas.unwrap_or(0));
-        }
-    }
-    out
+    member_replicas(tb, ns, "llm")
+        .await
+        .into_iter()
+        .map(|(m, (desired, _))| (m, desired))
+        .collect()
 }
 
 async fn holder(hub: &Client, lease: &str) -> Option<String> {
@@ -223,16 +207,7 @@ async fn only_the_leader_writes_and_a_cut_off_leader_stops_before_the_new_one_st
     );
     assert_eq!(holder(&hub, &lease).await.as_deref(), Some(b.as_str()));
 
-    Api::<AIService>::namespaced(hub.clone(), &ns.name)
-        .delete("llm", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(30), "cleanup", || async {
-        replicas(tb, &ns.name).await.is_empty().then_some(())
-    })
-    .await
-    .unwrap();
+    remove_service(tb, &hub, ns, "llm").await.unwrap();
     op_a.stop();
     op_b.stop();
-    ns.delete().await.unwrap();
 }

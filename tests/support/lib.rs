@@ -1,6 +1,7 @@
 //! Shared fixtures for the end-to-end tests: one testbed per test binary, started on first
 //! use and shared by every test in it (the machine has two cores), plus small helpers.
 
+pub mod logs;
 pub mod operator;
 
 use std::path::{Path, PathBuf};

@@ -254,6 +254,51 @@ mod tests {
         assert_eq!(leads_until(Some(&no_renew), "a", deadline), None);
     }
 
+    fn lease(holder: &str) -> Result<Lease, watcher::Error> {
+        Ok(Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        })
+    }
+
+    async fn becomes(rx: &mut watch::Receiver<bool>, want: bool) {
+        tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|v| *v == want))
+            .await
+            .unwrap_or_else(|_| panic!("leading did not become {want}"))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_guard_stops_leading_when_renewals_stop_arriving() {
+        let (elected_tx, elected) = watch::channel(true);
+        let (leases_tx, leases) = futures::channel::mpsc::unbounded();
+        let (tx, mut leading) = watch::channel(false);
+        let deadline = Duration::from_millis(300);
+        tokio::spawn(guard(elected, leases, "me".into(), deadline, tx));
+
+        leases_tx.unbounded_send(lease("me")).unwrap();
+        becomes(&mut leading, true).await;
+        // No renewal seen within the deadline (the hub is cut off): stop, although the lease
+        // manager still says "elected".
+        let started = std::time::Instant::now();
+        becomes(&mut leading, false).await;
+        assert!(started.elapsed() < deadline + Duration::from_millis(200));
+        assert!(*elected_tx.borrow());
+        // A renewal seen again: lead again. Someone else's Lease or losing the election: stop.
+        leases_tx.unbounded_send(lease("me")).unwrap();
+        becomes(&mut leading, true).await;
+        leases_tx.unbounded_send(lease("other")).unwrap();
+        becomes(&mut leading, false).await;
+        leases_tx.unbounded_send(lease("me")).unwrap();
+        becomes(&mut leading, true).await;
+        elected_tx.send_replace(false);
+        becomes(&mut leading, false).await;
+    }
+
     #[test]
     fn identity_and_user_agent() {
         assert_eq!(identity(Some(" pod-1 ")), "pod-1");

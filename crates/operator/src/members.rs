@@ -630,3 +630,7 @@ fn watch_error_kind(e: &watcher::Error) -> &'static str {
         _ => "watch error",
     }
 }
+
+#[cfg(test)]
+#[path = "members_watch_tests.rs"]
+mod watch_tests;
