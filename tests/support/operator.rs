@@ -44,9 +44,7 @@ pub fn test_args() -> RunArgs {
     let matches = command
         .try_get_matches_from(argv)
         .expect("the test flags parse");
-    let mut args = RunArgs::from_arg_matches(&matches).expect("the test flags parse");
-    args.identity = Some(unique_identity());
-    args
+    RunArgs::from_arg_matches(&matches).expect("the test flags parse")
 }
 
 /// A replica name unique in this test process (`e2e-<pid>-<n>`), so that in-process operators
@@ -71,8 +69,12 @@ impl OperatorHandle {
 
     /// Starts `skyloom run` logic against the hub that `kubeconfig` points at (for example an
     /// endpoint of its own from `Member::open_endpoint`). Hub requests carry the replica's
-    /// user-agent, as in `skyloom run`.
-    pub fn start_with_hub(kubeconfig: String, args: RunArgs) -> Self {
+    /// user-agent, as in `skyloom run`; without an identity in `args` the replica gets a unique
+    /// one.
+    pub fn start_with_hub(kubeconfig: String, mut args: RunArgs) -> Self {
+        if args.identity.is_none() {
+            args.identity = Some(unique_identity());
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let _ = tracing_subscriber_init(&args.log);
