@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn debug_and_display_of_credentials_and_errors_are_redacted() {
+        // CASE-20 E4: the parsed kubeconfig (token and key inline) and every refusal.
+        let key = "Q0FOQVJZLUtFWS02ZjFk"; // base64 of CANARY-KEY-6f1d
+        let text = kubeconfig(
+            GOOD_CLUSTER,
+            &format!("    token: {CANARY}\n    client-key-data: {key}"),
+        );
+        let kc = check(&text, GuardPolicy::default()).unwrap();
+        let shown = format!("{kc:?} {kc:#?}");
+        for needle in [CANARY, key, "CANARY-KEY-6f1d"] {
+            assert!(!shown.contains(needle), "Debug shows {needle}: {shown}");
+        }
+        let exec = kubeconfig(
+            GOOD_CLUSTER,
+            &format!("    exec:\n      command: /bin/echo\n      args: [{CANARY}]"),
+        );
+        let err = check(&exec, GuardPolicy::default()).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(CANARY), "{shown}");
+    }
+
+    #[test]
     fn unparsable_text_is_refused_without_echo() {
         let err = rejected(&format!("clusters: [\n  token: {CANARY}\n  : : :"));
         assert!(err.contains("not a valid kubeconfig"), "{err}");
