@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 use skyloom_api::{AIService, CloudPool};
 use skyloom_e2e::operator::{
     OPERATOR_NAMESPACE, OperatorHandle, register_priced_members, test_args,
@@ -363,5 +363,94 @@ async fn deleting_a_pool_drains_it_before_it_goes() {
 
     register_priced_members(tb).await.unwrap();
     remove(tb, &hub, &ns.name, "moving").await;
+    ns.delete().await.unwrap();
+}
+
+/// CASE-14 E3: the service's namespace stuck Terminating in its member: the member is
+/// avoided at once (`NamespaceTerminating` on its placement entry), the replicas run
+/// elsewhere, and once the namespace is gone the member is used again without help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_namespace_in_a_member_is_avoided_until_it_is_gone() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "c14").await.unwrap();
+    apply(&hub, &ns.name, &service("ns-stuck", 1, 1)).await;
+    placed(tb, &hub, &ns.name, "ns-stuck", &[("azure-eastus", 1)]).await;
+
+    // In the member, a ConfigMap with a finalizer nobody removes keeps the namespace
+    // Terminating once it is deleted.
+    let azure = tb.member("azure-eastus").unwrap();
+    let member = azure.direct_client().await.unwrap();
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(member.clone());
+    let created = namespaces.get(&ns.name).await.unwrap();
+    assert_eq!(
+        created
+            .labels()
+            .get("skyloom.io/created-by")
+            .map(String::as_str),
+        Some("skyloom"),
+        "Skyloom created the member namespace and says so"
+    );
+    let configmaps =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(member.clone(), &ns.name);
+    configmaps
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "held", "finalizers": ["e2e.skyloom.io/hold"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let api = Api::<AIService>::namespaced(hub.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(30),
+        "NamespaceTerminating on azure's entry",
+        || async {
+            let ais = api.get("ns-stuck").await.ok()?;
+            ais.status?
+                .placements
+                .iter()
+                .any(|p| {
+                    p.cloud == "azure-eastus" && p.reason.as_deref() == Some("NamespaceTerminating")
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    placed(tb, &hub, &ns.name, "ns-stuck", &[("gcp-europe-west4", 1)]).await;
+
+    // The namespace goes; azure, the cheapest, takes the service back on its own.
+    configmaps
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the member namespace gone",
+        || async {
+            namespaces
+                .get_opt(&ns.name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    placed(tb, &hub, &ns.name, "ns-stuck", &[("azure-eastus", 1)]).await;
+    remove(tb, &hub, &ns.name, "ns-stuck").await;
     ns.delete().await.unwrap();
 }

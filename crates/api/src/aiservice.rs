@@ -655,6 +655,9 @@ pub mod reason {
     pub const MINIMUM_REPLICAS_UNAVAILABLE: &str = "MinimumReplicasUnavailable";
     /// A member's status has not been observed recently; its counts are not trusted.
     pub const MEMBER_STATUS_STALE: &str = "MemberStatusStale";
+    /// The AIService's namespace is being deleted in that member; its replicas go elsewhere
+    /// until the namespace is gone (per-cloud placement reason).
+    pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 }
 
 #[cfg(test)]

@@ -87,6 +87,8 @@ pub struct PoolReport {
     pub stale: bool,
     /// The member's Deployment reports ProgressDeadlineExceeded.
     pub deadline_exceeded: bool,
+    /// The service's namespace is terminating in this member; it takes no replicas.
+    pub namespace_terminating: bool,
     /// Why the member is not observable, or a conflict there.
     pub problem: Option<String>,
 }
@@ -185,6 +187,8 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             last_observed_time: None,
             reason: if r.stale {
                 Some(reason::MEMBER_STATUS_STALE.to_owned())
+            } else if r.namespace_terminating {
+                Some(reason::NAMESPACE_TERMINATING.to_owned())
             } else if r.deadline_exceeded {
                 Some(reason::PROGRESS_DEADLINE_EXCEEDED.to_owned())
             } else {
@@ -458,6 +462,7 @@ mod tests {
             rolled_out: true,
             stale,
             deadline_exceeded: false,
+            namespace_terminating: false,
             problem: None,
         }
     }

@@ -16,6 +16,7 @@ use crate::identity::{
     workload_labels,
 };
 
+use super::member_namespaces::{is_terminating, is_terminating_error};
 use super::reconcile::ReconcileError;
 use super::{Context, Key, TEMPLATE_HASH_ANNOTATION, key_of};
 
@@ -75,7 +76,13 @@ pub(super) async fn ensure_namespace(
         pool: pool.to_owned(),
         source,
     };
-    if api.get_opt(ns).await.map_err(member_err)?.is_some() {
+    if let Some(existing) = api.get_opt(ns).await.map_err(member_err)? {
+        if is_terminating(&existing) {
+            return Err(ReconcileError::NamespaceTerminating {
+                pool: pool.to_owned(),
+                namespace: ns.to_owned(),
+            });
+        }
         return Ok(false);
     }
     let obj: Namespace = serde_json::from_value(json!({
@@ -166,13 +173,28 @@ pub(super) async fn apply_deployment(
             .await
             .map_err(member_err)?;
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&doc),
-    )
-    .await
-    .map_err(member_err)?;
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&doc),
+        )
+        .await;
+    match applied {
+        Ok(_) => {}
+        Err(e) if is_terminating_error(&e) => {
+            // The namespace began terminating after it was cached: look again next time.
+            ctx.known_namespaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&known);
+            return Err(ReconcileError::NamespaceTerminating {
+                pool: pool.to_owned(),
+                namespace: ns,
+            });
+        }
+        Err(e) => return Err(member_err(e)),
+    }
     if let Some((count, false)) = hold {
         hold_replicas(&api, &name, &ns, count)
             .await

@@ -3,6 +3,7 @@
 //! CloudPool status writer. Workers and writers run only while this replica leads.
 
 mod finalize;
+mod member_namespaces;
 mod member_writes;
 mod pool_lifecycle;
 mod pool_status;
@@ -147,6 +148,8 @@ pub struct Context {
     pub schedule: tokio::sync::Notify,
     /// Moves given up per service (their targets are avoided).
     pub stalled_moves: stalled::StalledMoves,
+    /// Member namespaces seen terminating (their services avoid those members).
+    pub terminating_namespaces: member_namespaces::TerminatingNamespaces,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Events on state changes.
@@ -190,6 +193,7 @@ impl Context {
             queue: WorkQueue::default(),
             schedule: tokio::sync::Notify::new(),
             stalled_moves: stalled::StalledMoves::default(),
+            terminating_namespaces: member_namespaces::TerminatingNamespaces::default(),
             metrics,
             started: Instant::now(),
             schedule_soon: std::sync::atomic::AtomicBool::new(false),

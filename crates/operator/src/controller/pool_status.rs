@@ -20,6 +20,7 @@ use super::service_status::publish_transitions;
 pub async fn pool_status_loop(ctx: Arc<Context>) {
     let mut last_probe_written: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
+        super::member_namespaces::recheck(&ctx).await;
         for pool in ctx.pools.state() {
             if let Err(e) = super::pool_lifecycle::reconcile_pool(&ctx, &pool).await {
                 tracing::debug!(pool = %pool.name_any(), "pool finalizer not updated: {e}");

@@ -77,6 +77,14 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// The service's namespace is being deleted in a member: nothing new can go there.
+    #[error("member {pool}: namespace {namespace} is terminating")]
+    NamespaceTerminating {
+        /// The member.
+        pool: String,
+        /// The namespace.
+        namespace: String,
+    },
 }
 
 impl ReconcileError {
@@ -85,6 +93,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Hub(_) => "hub_api",
             ReconcileError::Member { .. } => "member_api",
+            ReconcileError::NamespaceTerminating { .. } => "namespace_terminating",
         }
     }
 }
@@ -166,6 +175,7 @@ pub(super) async fn reconcile(
                 rolled_out: rolled_out || spec.is_none(),
                 stale: !view.observable(),
                 deadline_exceeded,
+                namespace_terminating: false,
                 problem: (!view.observable()).then(|| view.health.message()),
             },
         );
@@ -226,11 +236,22 @@ pub(super) async fn reconcile(
                             "member {pool} has a Deployment {}/{} that Skyloom does not own; it is left alone",
                             key.0, key.1
                         )),
+                        Err(ReconcileError::NamespaceTerminating { pool, namespace }) => {
+                            if ctx.terminating_namespaces.mark(&pool, &namespace) {
+                                tracing::warn!(service = %format!("{}/{}", key.0, key.1), pool, "the namespace is terminating in the member; its replicas go elsewhere until it is gone");
+                                ctx.schedule.notify_one();
+                            }
+                        }
                         Err(e) => return Err(e),
                     }
                 }
                 Action::Delete { pool } => delete_deployment(ctx, &pool, key).await?,
             }
+        }
+    }
+    for pool in ctx.terminating_namespaces.pools_for(&key.0) {
+        if let Some(report) = reports.get_mut(&pool) {
+            report.namespace_terminating = true;
         }
     }
     let mut desired = u32::try_from(ais.spec.replicas).unwrap_or(0);

@@ -97,7 +97,8 @@ pub(super) fn next_wake(ctx: &Context) -> Duration {
     wake.max(Duration::from_millis(100))
 }
 
-/// Takes `avoided` members out of the clouds `service` may use (moves there were given up).
+/// Takes `avoided` members out of the clouds `service` may use (moves there were given up,
+/// or the service's namespace is terminating there).
 fn avoid(
     service: &mut skyloom_solver::Service,
     avoided: &[String],
@@ -205,7 +206,8 @@ pub(super) async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
         }
         match snapshot::service(&ais, current) {
             Ok(mut s) => {
-                let avoided = ctx.stalled_moves.avoided(&ais, &ctx.pools);
+                let mut avoided = ctx.stalled_moves.avoided(&ais, &ctx.pools);
+                avoided.extend(ctx.terminating_namespaces.pools_for(&key.0));
                 avoid(&mut s, &avoided, &clouds);
                 services.push(s)
             }
