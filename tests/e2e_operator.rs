@@ -559,3 +559,137 @@ async fn a_rejected_token_is_unauthorized_not_empty_and_a_rotated_one_is_picked_
     delete_and_wait_gone(tb, &hub, &ns.name, "rot").await;
     ns.delete().await.unwrap();
 }
+
+/// The managed-fields paths (`f:`-keys, outermost first) of `manager`'s entries.
+fn owned_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    manager: &str,
+) -> Vec<(Option<String>, Vec<String>)> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .map(|m| {
+            let top = m
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.as_object())
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            (m.subresource.clone(), top)
+        })
+        .collect()
+}
+
+/// CASE-11: what a GitOps tool applied stays as it was applied: after the operator has
+/// placed the service, `kubectl diff` against the applied manifest is empty, the generation
+/// has not moved, and Skyloom owns only `status` (through the subresource) and its finalizer,
+/// on AIServices and CloudPools alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitops_applied_service_shows_no_drift_after_the_operator_ran() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "op-drift").await.unwrap();
+    let mut doc = service("synced", 1, 1);
+    doc["metadata"]["namespace"] = serde_json::json!(ns.name);
+    let file = std::env::temp_dir().join(format!("skyloom-drift-{}.json", ns.name));
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let path = file.to_str().unwrap();
+    // Argo CD's default is a client-side apply; with ServerSideApply=true it is a
+    // server-side apply under its own manager. Both, one after the other.
+    let (ok, _, err) = run_kubectl(tb.hub(), &["apply", "-f", path]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_kubectl(
+        tb.hub(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=argocd-controller",
+            "-f",
+            path,
+        ],
+    );
+    assert!(ok, "{err}");
+    let applied_generation = Api::<AIService>::namespaced(hub.clone(), &ns.name)
+        .get("synced")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    let ais = wait_ready(&hub, &ns.name, "synced").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // E1: no difference in either apply mode.
+    for args in [
+        vec!["diff", "-f", path],
+        vec![
+            "diff",
+            "--server-side",
+            "--field-manager=argocd-controller",
+            "-f",
+            path,
+        ],
+    ] {
+        let out = skyloom_e2e::kubectl(tb.hub()).args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} shows drift:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // E2: the operator never wrote the spec.
+    let now = Api::<AIService>::namespaced(hub.clone(), &ns.name)
+        .get("synced")
+        .await
+        .unwrap();
+    assert_eq!(now.metadata.generation, applied_generation);
+    assert_eq!(ais.metadata.generation, applied_generation);
+    // E3: Skyloom's field manager owns status (via the subresource) and metadata only, and
+    // within metadata only the finalizers.
+    let check = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, what: &str| {
+        let owned = owned_by(meta, "skyloom");
+        assert!(
+            owned.iter().any(|(s, _)| s.as_deref() == Some("status"))
+                && owned.iter().any(|(s, _)| s.is_none()),
+            "{what}: skyloom should own its status and its finalizer: {owned:?}"
+        );
+        for (subresource, top) in owned {
+            match subresource.as_deref() {
+                Some("status") => assert_eq!(top, vec!["f:status".to_owned()], "{what}"),
+                None => assert_eq!(top, vec!["f:metadata".to_owned()], "{what}"),
+                other => panic!("{what}: skyloom owns fields through {other:?}"),
+            }
+        }
+        let metadata_fields: Vec<String> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some("skyloom") && m.subresource.is_none())
+            .filter_map(|m| {
+                m.fields_v1
+                    .as_ref()?
+                    .0
+                    .get("f:metadata")?
+                    .as_object()
+                    .cloned()
+            })
+            .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .collect();
+        assert!(
+            metadata_fields.iter().all(|k| k == "f:finalizers"),
+            "{what}: skyloom owns {metadata_fields:?} in metadata"
+        );
+    };
+    check(&now.metadata, "AIService");
+    let pool = Api::<CloudPool>::all(hub.clone())
+        .get("azure-eastus")
+        .await
+        .unwrap();
+    check(&pool.metadata, "CloudPool");
+
+    delete_and_wait_gone(tb, &hub, &ns.name, "synced").await;
+    let _ = std::fs::remove_file(&file);
+    ns.delete().await.unwrap();
+}
