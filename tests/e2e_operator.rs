@@ -644,6 +644,16 @@ async fn a_gitops_applied_service_shows_no_drift_after_the_operator_ran() {
         .get("synced")
         .await
         .unwrap();
+    // CASE-12 E5: settled, the object is not written at all (no heartbeat in status).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = Api::<AIService>::namespaced(hub.clone(), &ns.name)
+        .get("synced")
+        .await
+        .unwrap();
+    assert_eq!(
+        later.metadata.resource_version, now.metadata.resource_version,
+        "a settled AIService was written again"
+    );
     assert_eq!(now.metadata.generation, applied_generation);
     assert_eq!(ais.metadata.generation, applied_generation);
     // E3: Skyloom's field manager owns status (via the subresource) and metadata only, and

@@ -89,6 +89,9 @@ pub struct PoolReport {
     pub deadline_exceeded: bool,
     /// The service's namespace is terminating in this member; it takes no replicas.
     pub namespace_terminating: bool,
+    /// When the member was last seen answering (set for stale members only, so the status
+    /// does not tick while all is well).
+    pub last_observed: Option<Time>,
     /// Why the member is not observable, or a conflict there.
     pub problem: Option<String>,
 }
@@ -184,7 +187,11 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             ready: i(r.ready),
             available: i(r.available),
             stale: r.stale.then_some(true),
-            last_observed_time: None,
+            last_observed_time: if r.stale {
+                r.last_observed.clone()
+            } else {
+                None
+            },
             reason: if r.stale {
                 Some(reason::MEMBER_STATUS_STALE.to_owned())
             } else if r.namespace_terminating {
@@ -463,6 +470,7 @@ mod tests {
             stale,
             deadline_exceeded: false,
             namespace_terminating: false,
+            last_observed: None,
             problem: None,
         }
     }
@@ -514,12 +522,26 @@ mod tests {
             unplaced: Some(0),
             ..Default::default()
         };
-        f.pools.insert("a".into(), pool(1, 1, 1, false));
-        f.pools.insert("b".into(), pool(1, 1, 1, true));
+        let seen = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        let mut fresh = pool(1, 1, 1, false);
+        fresh.last_observed = Some(seen.clone());
+        f.pools.insert("a".into(), fresh);
+        let mut stale = pool(1, 1, 1, true);
+        stale.last_observed = Some(seen.clone());
+        f.pools.insert("b".into(), stale);
         let s = service_status(&f);
         assert_eq!(s.available, 1);
         assert_eq!(get(&s, "Available").reason, "MemberUnreachable");
         assert_eq!(s.placements[1].reason.as_deref(), Some("MemberStatusStale"));
+        assert_eq!(
+            s.placements[1].last_observed_time,
+            Some(seen),
+            "a stale entry says when it was last seen"
+        );
+        assert_eq!(
+            s.placements[0].last_observed_time, None,
+            "a fresh entry carries no ticking timestamp"
+        );
     }
 
     #[test]

@@ -176,6 +176,11 @@ pub(super) async fn reconcile(
                 stale: !view.observable(),
                 deadline_exceeded,
                 namespace_terminating: false,
+                last_observed: (!view.observable())
+                    .then_some(view.last_probe)
+                    .flatten()
+                    .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                    .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
                 problem: (!view.observable()).then(|| view.health.message()),
             },
         );
