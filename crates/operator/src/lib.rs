@@ -18,3 +18,4 @@ pub mod realise;
 pub mod run;
 pub mod snapshot;
 pub mod status;
+pub mod trim;

@@ -587,7 +587,12 @@ async fn watch_deployments(
 ) {
     let api: Api<Deployment> = Api::all(client);
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, config)
+            .modify(crate::trim::member_deployment)
+            .default_backoff(),
+    );
     futures::pin_mut!(stream);
     let mut last_error: Option<Instant> = None;
     while let Some(item) = stream.next().await {

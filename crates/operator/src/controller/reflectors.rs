@@ -1,4 +1,5 @@
-//! The hub's reflectors: AIServices, CloudPools and the operator namespace's Secrets.
+//! The hub's reflectors: AIServices, CloudPools and the operator namespace's Secrets, each
+//! trimmed before it is cached (see [`crate::trim`]).
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub fn start_reflectors(
             Api::<AIService>::all(hub.clone()),
             watcher::Config::default(),
         )
+        .modify(crate::trim::hub_object)
         .default_backoff(),
     )
     .touched_objects();
@@ -58,6 +60,7 @@ pub fn start_reflectors(
             Api::<CloudPool>::all(hub.clone()),
             watcher::Config::default(),
         )
+        .modify(crate::trim::hub_object)
         .default_backoff(),
     )
     .touched_objects();
@@ -85,6 +88,7 @@ pub fn start_reflectors(
             Api::<Secret>::namespaced(hub.clone(), namespace),
             watcher::Config::default(),
         )
+        .modify(crate::trim::hub_object)
         .default_backoff(),
     );
     let t3 = tokio::spawn(async move {
