@@ -7,6 +7,7 @@ mod member_namespaces;
 mod member_writes;
 mod pool_lifecycle;
 mod pool_status;
+mod queue;
 mod reconcile;
 mod reflectors;
 mod scheduler;
@@ -14,6 +15,7 @@ mod service_status;
 mod stalled;
 
 pub use pool_status::pool_status_loop;
+pub use queue::WorkQueue;
 pub use reconcile::{ReconcileError, worker};
 pub use reflectors::start_reflectors;
 pub use scheduler::scheduler;
@@ -80,50 +82,6 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Concurrent service workers.
     pub workers: usize,
-}
-
-/// A de-duplicating work queue of service keys.
-#[derive(Default)]
-pub struct WorkQueue {
-    state: Mutex<(BTreeSet<Key>, BTreeSet<Key>)>,
-    notify: tokio::sync::Notify,
-}
-
-impl WorkQueue {
-    /// Queues `key` (once, however often it is pushed before a worker takes it).
-    pub fn push(&self, key: Key) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .insert(key);
-        self.notify.notify_one();
-    }
-
-    /// Takes a key that no other worker is processing.
-    async fn pop(&self) -> Key {
-        loop {
-            {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let (pending, active) = &mut *s;
-                if let Some(k) = pending.iter().find(|k| !active.contains(*k)).cloned() {
-                    pending.remove(&k);
-                    active.insert(k.clone());
-                    return k;
-                }
-            }
-            self.notify.notified().await;
-        }
-    }
-
-    fn done(&self, key: &Key) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .remove(key);
-        self.notify.notify_one();
-    }
 }
 
 /// Shared state of the control loops.

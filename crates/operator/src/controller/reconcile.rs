@@ -37,10 +37,11 @@ pub async fn worker(ctx: Arc<Context>) {
         match result {
             Ok(Some(after)) => {
                 failures.remove(&key);
-                requeue(&ctx, key, after);
+                ctx.queue.push_after(key, after);
             }
             Ok(None) => {
                 failures.remove(&key);
+                ctx.queue.forget_delayed(&key);
             }
             Err(e) => {
                 let n = failures.entry(key.clone()).or_insert(0);
@@ -48,18 +49,10 @@ pub async fn worker(ctx: Arc<Context>) {
                 let backoff = Duration::from_millis(500u64.saturating_mul(1 << (*n).min(6)))
                     .min(Duration::from_secs(30));
                 tracing::warn!(service = %format!("{}/{}", key.0, key.1), kind = e.kind(), "reconcile failed, retrying in {backoff:?}: {e}");
-                requeue(&ctx, key, backoff);
+                ctx.queue.push_after(key, backoff);
             }
         }
     }
-}
-
-pub(super) fn requeue(ctx: &Arc<Context>, key: Key, after: Duration) {
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        ctx.queue.push(key);
-    });
 }
 
 /// Errors of one service reconcile, each with a stable kind for metrics.

@@ -1,0 +1,184 @@
+//! The service work queue: first in, first out, each key at most once, never handed to two
+//! workers at a time, and at most one delayed look-again per key. First in, first out keeps a
+//! burst fair: a service created early is not overtaken again and again by services whose own
+//! status writes keep requeueing them. One delayed entry per key, replaced by the latest
+//! reconcile's answer, keeps a service that needed many passes from being looked at again once
+//! per pass long after it converged.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Key;
+
+#[derive(Default)]
+struct State {
+    /// Keys waiting, oldest first; each at most once (mirrored by `queued`).
+    order: VecDeque<Key>,
+    queued: BTreeSet<Key>,
+    /// Keys a worker is processing now.
+    active: BTreeSet<Key>,
+    /// When each key is to be looked at again.
+    delayed: BTreeMap<Key, Instant>,
+}
+
+impl State {
+    fn enqueue(&mut self, key: Key) {
+        if self.queued.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Moves due delayed keys to the queue; returns when the next one is due.
+    fn promote(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<Key> = self
+            .delayed
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.delayed.remove(&key);
+            self.enqueue(key);
+        }
+        self.delayed.values().min().copied()
+    }
+
+    fn take(&mut self) -> Option<Key> {
+        let i = self.order.iter().position(|k| !self.active.contains(k))?;
+        let key = self.order.remove(i)?;
+        self.queued.remove(&key);
+        self.active.insert(key.clone());
+        Some(key)
+    }
+}
+
+/// A de-duplicating FIFO work queue of service keys with delayed requeues.
+#[derive(Default)]
+pub struct WorkQueue {
+    state: Mutex<State>,
+    notify: tokio::sync::Notify,
+}
+
+impl WorkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `key` now (once, however often it is pushed before a worker takes it).
+    pub fn push(&self, key: Key) {
+        self.lock().enqueue(key);
+        self.notify.notify_one();
+    }
+
+    /// Looks at `key` again after `after`, replacing any earlier look-again of it: the latest
+    /// reconcile knows best when the next one is needed.
+    pub fn push_after(&self, key: Key, after: Duration) {
+        self.lock().delayed.insert(key, Instant::now() + after);
+        // A waiting worker recomputes its deadline.
+        self.notify.notify_one();
+    }
+
+    /// Drops the delayed look-again of `key` (it converged).
+    pub fn forget_delayed(&self, key: &Key) {
+        self.lock().delayed.remove(key);
+    }
+
+    /// Takes the oldest key that no other worker is processing.
+    pub async fn pop(&self) -> Key {
+        loop {
+            let next_due = {
+                let mut s = self.lock();
+                let next_due = s.promote(Instant::now());
+                if let Some(key) = s.take() {
+                    return key;
+                }
+                next_due
+            };
+            match next_due {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, self.notify.notified()).await;
+                }
+                None => self.notify.notified().await,
+            }
+        }
+    }
+
+    /// Marks `key` as no longer processed (it may be taken again).
+    pub fn done(&self, key: &Key) {
+        self.lock().active.remove(key);
+        self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(name: &str) -> Key {
+        ("ns".into(), name.into())
+    }
+
+    #[tokio::test]
+    async fn first_in_first_out_and_each_key_once() {
+        let q = WorkQueue::default();
+        for name in ["c", "a", "b", "a", "c"] {
+            q.push(k(name));
+        }
+        assert_eq!(q.pop().await, k("c"));
+        assert_eq!(q.pop().await, k("a"));
+        assert_eq!(q.pop().await, k("b"));
+        assert!(q.lock().order.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_being_processed_waits_and_others_pass_it() {
+        let q = WorkQueue::default();
+        q.push(k("a"));
+        assert_eq!(q.pop().await, k("a"));
+        q.push(k("a"));
+        q.push(k("b"));
+        assert_eq!(q.pop().await, k("b"), "a is still being processed");
+        q.done(&k("a"));
+        assert_eq!(q.pop().await, k("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_key_comes_back_once_at_the_latest_time_asked() {
+        let q = WorkQueue::default();
+        q.push_after(k("a"), Duration::from_secs(2));
+        q.push_after(k("a"), Duration::from_secs(30));
+        q.push_after(k("b"), Duration::from_secs(5));
+        let start = Instant::now();
+        assert_eq!(q.pop().await, k("b"));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(q.pop().await, k("a"));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(q.lock().delayed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_delay_never_fires() {
+        let q = WorkQueue::default();
+        q.push_after(k("a"), Duration::from_secs(1));
+        q.forget_delayed(&k("a"));
+        q.push_after(k("b"), Duration::from_secs(10));
+        assert_eq!(q.pop().await, k("b"));
+        assert!(q.lock().order.is_empty() && q.lock().delayed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_wakes_a_worker_waiting_for_a_delay() {
+        let q = std::sync::Arc::new(WorkQueue::default());
+        q.push_after(k("late"), Duration::from_secs(60));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        q.push(k("now"));
+        assert_eq!(waiting.await.unwrap(), k("now"));
+    }
+}
