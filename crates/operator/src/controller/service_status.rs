@@ -101,9 +101,6 @@ pub(super) async fn publish_transitions(
         if old.is_some_and(|o| o.status == c.status && o.reason == c.reason) {
             continue;
         }
-        if old.is_none() && c.status == "Unknown" {
-            continue;
-        }
         let bad = matches!(
             (c.type_.as_str(), c.status.as_str()),
             ("Stalled" | "MigrationStalled", "True")
@@ -116,6 +113,17 @@ pub(super) async fn publish_transitions(
         // being wrong; Ready already tells every normal step.
         let quiet_unless_bad = matches!(c.type_.as_str(), "Progressing" | "MigrationStalled");
         if quiet_unless_bad && !bad && old.is_none_or(|o| o.status == c.status) {
+            continue;
+        }
+        // A condition's first appearance is the object being new, not a change of state: only
+        // a failure (or a member's first reachability) is worth an Event then. A new service
+        // would otherwise post a Warning per condition, a hub write each, before anything
+        // happened.
+        let failure = matches!(
+            (c.type_.as_str(), c.status.as_str()),
+            ("Stalled" | "MigrationStalled", "True")
+        );
+        if old.is_none() && (c.status == "Unknown" || !(failure || c.type_ == "Reachable")) {
             continue;
         }
         let event = KubeEvent {
