@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::capacity::{self, Capacity};
 use crate::client_limits::{RequestRate, limited_client};
-use crate::identity::{MANAGED_SELECTOR, owner_of};
+use crate::identity::{MANAGED_BY, MANAGED_BY_LABEL, MANAGED_SELECTOR, owner_of};
 use crate::kubeconfig_guard::{self, GuardPolicy};
 
 /// The default key of the kubeconfig in a pool's Secret.
@@ -510,7 +510,11 @@ async fn probe_once(
     let nodes = nodes.list(&ListParams::default()).await?;
     let pods: Api<Pod> = Api::all(client.clone());
     let pods = pods
-        .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+        .list(
+            &ListParams::default()
+                .fields("status.phase!=Succeeded,status.phase!=Failed")
+                .labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
+        )
         .await?;
     Ok((
         version.git_version,
