@@ -2,7 +2,9 @@
 //! member Deployment exists, the apply-to-created latency (p50/p99), the operator's RSS and idle
 //! CPU, and its reconcile errors. The operator runs as its own process (the release binary).
 //!
-//! `scripts/bench-operator [N]` builds what it needs and runs this.
+//! `scripts/bench-operator [N] [--rate R]` builds what it needs and runs this. Without
+//! `--rate` the N AIServices are created as fast as the hub takes them (a burst); with it, R
+//! per second (steady arrival), which is what the latency target is about.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a failure ends the run
 
@@ -75,10 +77,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let rate: Option<f64> = args
+        .iter()
+        .position(|a| a == "--rate")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .filter(|r: &f64| *r > 0.0);
     let skyloom = std::env::var("SKYLOOM_BIN").unwrap_or_else(|_| "target/release/skyloom".into());
     eprintln!("starting a hub and 5 members...");
     let tb = Testbed::start(spec()).await.unwrap();
@@ -151,11 +156,17 @@ async fn main() {
     let busy_before = cpu_ticks(pid);
     let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
     let start = Instant::now();
+    // Steady arrival: the i-th create starts at i / rate seconds.
+    let pace = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     futures::stream::iter(0..n)
         .for_each_concurrent(16, |i| {
+            let not_before = pace.map(|p| start + p * u32::try_from(i).unwrap());
             let hub = hub.clone();
             let created = created.clone();
             async move {
+                if let Some(t) = not_before {
+                    tokio::time::sleep_until(t.into()).await;
+                }
                 let ns = format!("bench-{}", i % namespaces);
                 let name = format!("svc-{i}");
                 let ais: AIService = serde_json::from_value(serde_json::json!({
@@ -196,28 +207,50 @@ async fn main() {
     // Idle: let status writes settle, then measure CPU over 30 s.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let ticks_per_s = 100.0;
-    let t0 = cpu_ticks(pid);
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let idle_cpu = (cpu_ticks(pid) - t0) as f64 / ticks_per_s / 30.0 * 100.0;
-    let rss_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
-    let metrics = reqwest_less_get(port).await;
-    let errors: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("skyloom_reconcile_errors_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let metric = |name: &str| -> f64 {
+    let metric_sum = |metrics: &str, name: &str| -> f64 {
         metrics
             .lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    let before_idle = reqwest_less_get(port).await;
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let idle_cpu = (cpu_ticks(pid) - t0) as f64 / ticks_per_s / 30.0 * 100.0;
+    let rss_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let metrics = reqwest_less_get(port).await;
+    for name in [
+        "skyloom_reconciles_total",
+        "skyloom_solve_duration_seconds_count",
+    ] {
+        eprintln!(
+            "during the 30 s idle window: {name} +{}",
+            metric_sum(&metrics, name) - metric_sum(&before_idle, name)
+        );
+    }
+    let metric = |name: &str| metric_sum(&metrics, name);
+    // An empty sum of f64 is -0.0; print counts as integers.
+    let errors = metric("skyloom_reconcile_errors_total") as u64;
     let solves = metric("skyloom_solve_duration_seconds_count");
     let solve_seconds = metric("skyloom_solve_duration_seconds_sum");
     let reconciles = metric("skyloom_reconciles_total");
     let _ = op.kill();
     let _ = op.wait();
+    eprintln!("hub API requests (verb resource/subresource: count):");
+    for (k, v) in request_counts(&hub).await {
+        eprintln!("  {k}: {v}");
+    }
+    let mut member_requests: BTreeMap<String, f64> = BTreeMap::new();
+    for m in tb.members() {
+        for (k, v) in request_counts(&m.direct_client().await.unwrap()).await {
+            *member_requests.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("member API requests, all members:");
+    for (k, v) in member_requests {
+        eprintln!("  {k}: {v}");
+    }
 
     eprintln!(
         "operator CPU while converging: {busy_cpu_s:.1} s over {:.1} s of wall time",
@@ -231,12 +264,13 @@ async fn main() {
             0.0
         }
     );
+    let arrival = rate.map_or("burst".to_owned(), |r| format!("{r}/s"));
     println!(
-        "| AIServices | members | created in | all member Deployments after | latency p50 | latency p99 | max | operator peak RSS | RSS after | idle CPU | reconcile errors |"
+        "| AIServices | arrival | members | created in | all member Deployments after | latency p50 | latency p99 | max | operator peak RSS | RSS after | idle CPU | reconcile errors |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {n} ({found} seen) | 5 | {:.1} s | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {peak_rss_mib:.0} MiB | {rss_mib:.0} MiB | {idle_cpu:.2} % of a core | {errors} |",
+        "| {n} ({found} seen) | {arrival} | 5 | {:.1} s | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {peak_rss_mib:.0} MiB | {rss_mib:.0} MiB | {idle_cpu:.2} % of a core | {errors} |",
         applied.as_secs_f64(),
         total.as_secs_f64(),
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
@@ -246,6 +280,56 @@ async fn main() {
     drop(tb);
     // The member watches would retry forever against the stopped testbed.
     std::process::exit(0);
+}
+
+/// The API server's `apiserver_request_total` summed by verb and resource (the workload
+/// resources only: what the operator and the benchmark cause, not the testbed's own loops).
+async fn request_counts(client: &kube::Client) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(req) = kube::core::Request::new("").get("metrics", &Default::default()) else {
+        return out;
+    };
+    let text = client.request_text(req).await.unwrap_or_default();
+    let label = |line: &str, key: &str| -> String {
+        line.split(&format!("{key}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let resource = label(line, "resource");
+        let wanted = [
+            "aiservices",
+            "cloudpools",
+            "events",
+            "namespaces",
+            "deployments",
+            "leases",
+            "secrets",
+            "nodes",
+            "pods",
+        ];
+        if !wanted.contains(&resource.as_str()) {
+            continue;
+        }
+        let sub = label(line, "subresource");
+        let key = format!(
+            "{} {resource}{}{sub}",
+            label(line, "verb"),
+            if sub.is_empty() { "" } else { "/" }
+        );
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(key).or_default() += v;
+    }
+    out
 }
 
 /// GET /metrics with a bare HTTP/1.0 request (no HTTP client dependency for one call).
