@@ -510,6 +510,8 @@ async fn probe_once(
     let nodes = nodes.list(&ListParams::default()).await?;
     let pods: Api<Pod> = Api::all(client.clone());
     let pods = pods
+        // Only Pods that Skyloom does not manage count against capacity: the API server
+        // leaves Skyloom's own out, so the list stays small however much Skyloom runs there.
         .list(
             &ListParams::default()
                 .fields("status.phase!=Succeeded,status.phase!=Failed")
