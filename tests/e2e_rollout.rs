@@ -29,6 +29,9 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 const AZURE: &str = "azure-eastus";
 const GCP: &str = "gcp-europe-west4";
 
+/// How often at most this file's operator puts back a replica count that keeps changing.
+const SCALING_WINDOW: Duration = Duration::from_secs(10);
+
 static ENV: OnceCell<OperatorHandle> = OnceCell::const_new();
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -40,8 +43,12 @@ async fn env() -> (&'static Testbed, MutexGuard<'static, ()>) {
     register_priced_members(tb)
         .await
         .expect("members registered");
-    ENV.get_or_init(|| async { OperatorHandle::start(tb, test_args()) })
-        .await;
+    ENV.get_or_init(|| async {
+        let mut args = test_args();
+        args.scaling_conflict_window_seconds = SCALING_WINDOW.as_secs();
+        OperatorHandle::start(tb, args)
+    })
+    .await;
     (tb, guard)
 }
 
@@ -504,4 +511,57 @@ async fn member_scaling_mode_leaves_the_replica_count_to_the_member() {
     let d = deployments.get("autoscaled").await.unwrap();
     assert!(!owns_replicas(&d, "skyloom"));
     remove_service(tb, &hub, ns, "autoscaled").await.unwrap();
+}
+
+/// CASE-10 V2, default mode: a writer that keeps scaling the member Deployment (as an HPA
+/// would) is not fought on every change: Skyloom puts its count back at most once per
+/// window, says `ScalingConflict` meanwhile, and settles once the writer stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_keeps_scaling_is_put_back_once_per_window() {
+    let (tb, _serial) = env().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "wr-fight").await.unwrap();
+    start_on_azure(tb, &hub, &ns.name, &service("fought", 2)).await;
+    let azure = tb.member(AZURE).unwrap();
+    let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
+    let conflict = || async {
+        let ais = api.get("fought").await.ok()?;
+        let c = ais
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "ScalingConflict")?;
+        Some((c.status, c.reason, c.message))
+    };
+    // The writer sets 3 every second for the length of one window.
+    let fight_start = SystemTime::now();
+    let mut seen_conflict = None;
+    let until = Instant::now() + SCALING_WINDOW;
+    while Instant::now() < until {
+        let (ok, _, err) = run_kubectl(
+            azure,
+            &["scale", "deploy/fought", "-n", &ns.name, "--replicas=3"],
+        );
+        assert!(ok, "{err}");
+        if let Some(c) = conflict().await.filter(|c| c.0 == "True") {
+            seen_conflict.get_or_insert(c);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let writes = operator_applies(azure, &ns.name, "fought", fight_start);
+    assert!(
+        writes <= 2,
+        "{writes} applies while the writer kept scaling for {SCALING_WINDOW:?}"
+    );
+    let (_, reason, message) = seen_conflict.expect("ScalingConflict=True during the fight");
+    assert_eq!(reason, "ReplicasChangedInMember");
+    assert!(message.contains(AZURE), "{message}");
+    // The writer stops: the count is put back and the conflict clears.
+    settle_on(tb, &hub, &ns.name, "fought", AZURE, 2).await;
+    eventually(Duration::from_secs(30), "ScalingConflict=False", || async {
+        (conflict().await?.0 == "False").then_some(())
+    })
+    .await
+    .unwrap();
+    remove_service(tb, &hub, ns, "fought").await.unwrap();
 }

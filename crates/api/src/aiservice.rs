@@ -628,6 +628,9 @@ pub mod condition {
     /// A move was given up because its target made no progress within
     /// migration.timeoutSeconds (abnormal-true; the message names the cloud).
     pub const MIGRATION_STALLED: &str = "MigrationStalled";
+    /// Another writer keeps changing a member Deployment's replica count; Skyloom puts its
+    /// count back at most once per window (abnormal-true; the message names the clouds).
+    pub const SCALING_CONFLICT: &str = "ScalingConflict";
 }
 
 /// AIService condition reasons.
@@ -658,6 +661,9 @@ pub mod reason {
     /// The AIService's namespace is being deleted in that member; its replicas go elsewhere
     /// until the namespace is gone (per-cloud placement reason).
     pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+    /// Another writer changed a member Deployment's replica count again soon after Skyloom
+    /// put it back.
+    pub const REPLICAS_CHANGED_IN_MEMBER: &str = "ReplicasChangedInMember";
 }
 
 #[cfg(test)]

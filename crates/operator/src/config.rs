@@ -72,6 +72,15 @@ pub struct RunArgs {
     /// Solver time limit per decision, in milliseconds.
     #[arg(long, env = "SKYLOOM_SOLVER_TIME_LIMIT_MILLIS", default_value_t = 2000)]
     pub solver_time_limit_millis: u64,
+    /// How often at most Skyloom puts back a member Deployment's replica count that another
+    /// writer keeps changing (an HPA, a script), in seconds; in between it reports
+    /// `ScalingConflict`.
+    #[arg(
+        long,
+        env = "SKYLOOM_SCALING_CONFLICT_WINDOW_SECONDS",
+        default_value_t = 300
+    )]
+    pub scaling_conflict_window_seconds: u64,
     /// How many AIServices are reconciled at the same time.
     #[arg(long, env = "SKYLOOM_WORKERS", default_value_t = 16)]
     pub workers: usize,

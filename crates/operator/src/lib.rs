@@ -15,6 +15,7 @@ pub mod members;
 pub mod metrics;
 pub mod quantity;
 pub mod realise;
+pub mod replica_fights;
 pub mod run;
 pub mod snapshot;
 pub mod status;

@@ -174,6 +174,7 @@ pub async fn run(
             orphan_grace: Duration::from_secs(args.orphan_grace_period_seconds),
             probe_interval: args.probe_interval(),
             workers: args.workers.clamp(1, 256),
+            scaling_conflict_window: Duration::from_secs(args.scaling_conflict_window_seconds),
         },
         registry.clone(),
         stores,

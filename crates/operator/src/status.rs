@@ -121,6 +121,10 @@ pub struct ServiceFacts {
     pub failing_over: Vec<String>,
     /// Members a move to which was given up (their target stalled past the deadline).
     pub migration_stalled: Vec<String>,
+    /// Members whose replica count another writer keeps changing (Skyloom holds off).
+    pub scaling_conflicts: Vec<String>,
+    /// The window of at most one put-back, in seconds (for the message).
+    pub scaling_conflict_window_seconds: u64,
     /// migration.timeoutSeconds, for messages.
     pub timeout_seconds: u64,
 }
@@ -407,6 +411,25 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
             format!(
                 "moving replicas to {to} made no progress within {}s (migration.timeoutSeconds): the move was given up, replicas stay where they are Available, and {to} is avoided for this service until its spec or that CloudPool's spec changes",
                 f.timeout_seconds
+            ),
+        )
+    });
+    conds.push(if f.scaling_conflicts.is_empty() {
+        Cond::new(
+            condition::SCALING_CONFLICT,
+            false,
+            reason::RECONCILED,
+            "Skyloom's replica counts stand",
+        )
+    } else {
+        Cond::new(
+            condition::SCALING_CONFLICT,
+            true,
+            reason::REPLICAS_CHANGED_IN_MEMBER,
+            format!(
+                "another writer keeps changing spec.replicas in {}; Skyloom puts its count back at most once every {}s (set spec.scaling.mode: Member to let the member own the count)",
+                f.scaling_conflicts.join(", "),
+                f.scaling_conflict_window_seconds
             ),
         )
     });

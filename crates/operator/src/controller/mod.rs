@@ -82,6 +82,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Concurrent service workers.
     pub workers: usize,
+    /// At most one put-back of a replica count another writer changed per this window.
+    pub scaling_conflict_window: Duration,
 }
 
 /// Shared state of the control loops.
@@ -108,6 +110,8 @@ pub struct Context {
     pub stalled_moves: stalled::StalledMoves,
     /// Member namespaces seen terminating (their services avoid those members).
     pub terminating_namespaces: member_namespaces::TerminatingNamespaces,
+    /// Replica counts applied per service and member, and put-backs of changed ones.
+    pub replica_fights: Mutex<crate::replica_fights::ReplicaFights>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Events on state changes.
@@ -152,10 +156,18 @@ impl Context {
             schedule: tokio::sync::Notify::new(),
             stalled_moves: stalled::StalledMoves::default(),
             terminating_namespaces: member_namespaces::TerminatingNamespaces::default(),
+            replica_fights: Mutex::default(),
             metrics,
             started: Instant::now(),
             schedule_soon: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The replica-count fights, locked.
+    pub fn fights(&self) -> std::sync::MutexGuard<'_, crate::replica_fights::ReplicaFights> {
+        self.replica_fights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reacts to a member event: services to the queue, member changes to the scheduler.

@@ -14,6 +14,7 @@ use skyloom_api::aiservice::ScalingMode;
 
 use crate::identity::FINALIZER;
 use crate::realise::{self, Action, Limits, Observed};
+use crate::replica_fights::Verdict;
 use crate::status::{self, PoolReport, ServiceFacts};
 
 use super::finalize::finalize;
@@ -179,6 +180,7 @@ pub(super) async fn reconcile(
         );
     }
     let mut conflicts = Vec::new();
+    let mut scaling_conflicts = Vec::new();
     let mut pending_writes = false;
     let member_scaled = ais.spec.scaling_mode() == ScalingMode::Member;
     if let Some(decision) = decision.as_ref().filter(|d| d.invalid.is_none()) {
@@ -218,6 +220,24 @@ pub(super) async fn reconcile(
         for action in actions {
             match action {
                 Action::Apply { pool, replicas } => {
+                    let fight_key = (key.0.clone(), key.1.clone(), pool.clone());
+                    let verdict = if member_scaled {
+                        Verdict::Apply
+                    } else {
+                        ctx.fights().judge(
+                            &fight_key,
+                            replicas,
+                            observed.get(&pool).and_then(|o| o.spec_replicas),
+                            !needs_update(&pool),
+                            ctx.settings.scaling_conflict_window,
+                            Instant::now(),
+                        )
+                    };
+                    if verdict == Verdict::HoldOff {
+                        scaling_conflicts.push(pool);
+                        continue;
+                    }
+                    let count = replicas;
                     let replicas = if member_scaled {
                         Replicas::Member {
                             count: replicas,
@@ -229,7 +249,13 @@ pub(super) async fn reconcile(
                         Replicas::Owned(replicas)
                     };
                     match apply_deployment(ctx, &pool, &ais, &rendered.0, replicas).await {
-                        Ok(true) => {}
+                        Ok(true) => {
+                            if verdict == Verdict::Revert {
+                                tracing::info!(service = %format!("{}/{}", key.0, key.1), pool, "another writer changed the member's replica count; put back");
+                            }
+                            ctx.fights()
+                                .applied(fight_key, count, verdict, Instant::now());
+                        }
                         Ok(false) => conflicts.push(format!(
                             "member {pool} has a Deployment {}/{} that Skyloom does not own; it is left alone",
                             key.0, key.1
@@ -243,7 +269,10 @@ pub(super) async fn reconcile(
                         Err(e) => return Err(e),
                     }
                 }
-                Action::Delete { pool } => delete_deployment(ctx, &pool, key).await?,
+                Action::Delete { pool } => {
+                    delete_deployment(ctx, &pool, key).await?;
+                    ctx.fights().forget(&(key.0.clone(), key.1.clone(), pool));
+                }
             }
         }
     }
@@ -276,6 +305,8 @@ pub(super) async fn reconcile(
             .map(|d| d.failing_over.clone())
             .unwrap_or_default(),
         migration_stalled: ctx.stalled_moves.avoided(&ais, &ctx.pools),
+        scaling_conflicts,
+        scaling_conflict_window_seconds: ctx.settings.scaling_conflict_window.as_secs(),
         timeout_seconds: ais.spec.migration().timeout().as_secs(),
     };
     let parts = status::service_status(&facts);
