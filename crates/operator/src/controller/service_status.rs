@@ -1,7 +1,7 @@
 //! AIService status (server-side apply on the status subresource) and Events on
 //! condition transitions.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -75,63 +75,74 @@ pub(super) async fn write_service_status(
     Ok(())
 }
 
-/// Publishes one Event per condition (Ready, Scheduled, Stalled, Available, Reachable,
-/// MigrationStalled, and Progressing when it turns False) whose status changed: events on
-/// state changes only, never on every reconcile.
+/// Conditions that are bad when True (abnormal-true).
+const ABNORMAL_TRUE: [&str; 4] = [
+    "Stalled",
+    "MigrationStalled",
+    "ScalingConflict",
+    "CredentialsExpiring",
+];
+/// Conditions that are bad when False.
+const NORMAL_TRUE: [&str; 5] = [
+    "Ready",
+    "Scheduled",
+    "Available",
+    "Reachable",
+    "Progressing",
+];
+/// Conditions that speak only when something went wrong or stopped being wrong; Ready
+/// already tells every normal step.
+const QUIET_UNLESS_BAD: [&str; 4] = [
+    "Progressing",
+    "MigrationStalled",
+    "ScalingConflict",
+    "CredentialsExpiring",
+];
+
+/// Whether the change of one condition from `old` to `new` deserves an Event, and which
+/// type. Events mark state changes only, never a reconcile that changed nothing. Pure.
+fn event_type(old: Option<&Condition>, new: &Condition) -> Option<EventType> {
+    let kind = new.type_.as_str();
+    let abnormal = ABNORMAL_TRUE.contains(&kind);
+    if !abnormal && !NORMAL_TRUE.contains(&kind) {
+        return None;
+    }
+    if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
+        return None;
+    }
+    let failure = abnormal && new.status == "True";
+    let bad = failure || (!abnormal && new.status == "False");
+    if QUIET_UNLESS_BAD.contains(&kind) && !bad && old.is_none_or(|o| o.status == new.status) {
+        return None;
+    }
+    // A condition's first appearance is the object being new, not a change of state: only
+    // a failure (or a member's first reachability) is worth an Event then. A new service
+    // would otherwise post a Warning per condition, a hub write each, before anything
+    // happened.
+    if old.is_none() && (new.status == "Unknown" || !(failure || kind == "Reachable")) {
+        return None;
+    }
+    Some(if bad {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    })
+}
+
+/// Publishes one Event per condition whose state changed (see [`event_type`]).
 pub(super) async fn publish_transitions(
     ctx: &Context,
     object: &k8s_openapi::api::core::v1::ObjectReference,
-    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    before: &[Condition],
+    after: &[Condition],
 ) {
-    const NOTEWORTHY: [&str; 7] = [
-        "Ready",
-        "Scheduled",
-        "Stalled",
-        "Available",
-        "Reachable",
-        "MigrationStalled",
-        "Progressing",
-    ];
-    for c in after
-        .iter()
-        .filter(|c| NOTEWORTHY.contains(&c.type_.as_str()))
-    {
+    for c in after {
         let old = before.iter().find(|p| p.type_ == c.type_);
-        if old.is_some_and(|o| o.status == c.status && o.reason == c.reason) {
+        let Some(type_) = event_type(old, c) else {
             continue;
-        }
-        let bad = matches!(
-            (c.type_.as_str(), c.status.as_str()),
-            ("Stalled" | "MigrationStalled", "True")
-                | (
-                    "Ready" | "Scheduled" | "Available" | "Reachable" | "Progressing",
-                    "False"
-                )
-        );
-        // Progressing and MigrationStalled speak only when something went wrong or stopped
-        // being wrong; Ready already tells every normal step.
-        let quiet_unless_bad = matches!(c.type_.as_str(), "Progressing" | "MigrationStalled");
-        if quiet_unless_bad && !bad && old.is_none_or(|o| o.status == c.status) {
-            continue;
-        }
-        // A condition's first appearance is the object being new, not a change of state: only
-        // a failure (or a member's first reachability) is worth an Event then. A new service
-        // would otherwise post a Warning per condition, a hub write each, before anything
-        // happened.
-        let failure = matches!(
-            (c.type_.as_str(), c.status.as_str()),
-            ("Stalled" | "MigrationStalled", "True")
-        );
-        if old.is_none() && (c.status == "Unknown" || !(failure || c.type_ == "Reachable")) {
-            continue;
-        }
+        };
         let event = KubeEvent {
-            type_: if bad {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_,
             reason: c.reason.clone(),
             note: Some(
                 format!("{}={}: {}", c.type_, c.status, c.message)
@@ -150,5 +161,58 @@ pub(super) async fn publish_transitions(
                 tracing::debug!("event not published: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn only_changes_of_state_make_events() {
+        let ready = cond("Ready", "True", "Reconciled");
+        assert_eq!(event_type(Some(&ready), &ready), None, "no change");
+        assert_eq!(event_type(None, &ready), None, "a new object is not news");
+        let not_ready = cond("Ready", "False", "RollingOut");
+        assert_eq!(
+            event_type(Some(&ready), &not_ready),
+            Some(EventType::Warning)
+        );
+        assert_eq!(
+            event_type(Some(&not_ready), &ready),
+            Some(EventType::Normal)
+        );
+        assert_eq!(event_type(None, &cond("Unplanned", "True", "X")), None);
+    }
+
+    #[test]
+    fn abnormal_true_conditions_warn_when_they_turn_true_and_speak_when_they_clear() {
+        for kind in ["ScalingConflict", "CredentialsExpiring", "MigrationStalled"] {
+            let off = cond(kind, "False", "Reconciled");
+            let on = cond(kind, "True", "Something");
+            assert_eq!(event_type(None, &off), None, "{kind}");
+            assert_eq!(event_type(None, &on), Some(EventType::Warning), "{kind}");
+            assert_eq!(
+                event_type(Some(&off), &on),
+                Some(EventType::Warning),
+                "{kind}"
+            );
+            assert_eq!(
+                event_type(Some(&on), &off),
+                Some(EventType::Normal),
+                "{kind}"
+            );
+        }
     }
 }
