@@ -1,16 +1,29 @@
-//! What an apiserver's audit log says about write requests: who (user-agent), what verb on
-//! which object, and when, so tests can check from the member's side which client wrote.
+//! What an apiserver's audit log says about requests: who (user-agent), what verb on which
+//! object or collection, with which selectors, and when, so tests can check from the member's
+//! side which client wrote and what it read. Every write is audited; reads (get, list, watch)
+//! only of the resources named in the testbed's audit policy (see `member.rs`).
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
-/// One completed write request, from one line of the audit log (`audit.k8s.io/v1` Event).
+/// The verbs that change objects; [`AuditRequest::is_write`] is one of these.
+pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// A write request: the same record as any other audited request.
+pub type AuditWrite = AuditRequest;
+
+/// One audited request, from one line of the audit log (`audit.k8s.io/v1` Event).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuditWrite {
-    /// create, update, patch, delete or deletecollection.
+pub struct AuditRequest {
+    /// The apiserver's id of the request: a watch is logged twice (when it starts and when it
+    /// ends) under one id.
+    #[serde(rename = "auditID", default)]
+    pub audit_id: String,
+    /// get, list, watch, create, update, patch, delete or deletecollection.
     pub verb: String,
     /// The client's User-Agent header (empty when it sent none).
     #[serde(default)]
@@ -30,7 +43,7 @@ pub struct AuditWrite {
     pub stage_timestamp: Timestamp,
 }
 
-/// The object an audited request wrote.
+/// The object (or, for list and watch, the collection) an audited request was about.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditObject {
@@ -40,7 +53,7 @@ pub struct AuditObject {
     /// Namespace, empty for cluster-scoped objects.
     #[serde(default)]
     pub namespace: String,
-    /// Name, empty for creates that let the server pick it.
+    /// Name, empty for lists, watches and creates that let the server pick it.
     #[serde(default)]
     pub name: String,
     /// Subresource, e.g. `status`.
@@ -56,7 +69,41 @@ pub struct AuditStatus {
     pub code: u16,
 }
 
-impl AuditWrite {
+impl AuditRequest {
+    /// Whether the request changes objects (one of [`WRITE_VERBS`]).
+    pub fn is_write(&self) -> bool {
+        WRITE_VERBS.contains(&self.verb.as_str())
+    }
+
+    /// The decoded value of the query parameter `name`, if the request URI carries it.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let (_, query) = self.request_uri.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key) == name).then(|| percent_decode(value))
+        })
+    }
+
+    /// The request's `labelSelector`, or "" when it has none.
+    pub fn label_selector(&self) -> String {
+        self.query_param("labelSelector").unwrap_or_default()
+    }
+
+    /// The request's `fieldSelector`, or "" when it has none.
+    pub fn field_selector(&self) -> String {
+        self.query_param("fieldSelector").unwrap_or_default()
+    }
+
+    /// The namespace the request was confined to, or "" for a cluster-wide one.
+    pub fn namespace(&self) -> &str {
+        self.object_ref.as_ref().map_or("", |o| o.namespace.as_str())
+    }
+
+    /// The object's name, or "" for lists, watches and unnamed creates.
+    pub fn name(&self) -> &str {
+        self.object_ref.as_ref().map_or("", |o| o.name.as_str())
+    }
+
     /// Whether the client's user-agent contains `needle`.
     pub fn from_agent(&self, needle: &str) -> bool {
         self.user_agent.contains(needle)
@@ -85,6 +132,38 @@ impl AuditWrite {
     }
 }
 
+/// Parses an audit log: one request per complete line, oldest first, each request once (a
+/// watch's second line, when it ends, is dropped; a half-written last line is skipped).
+pub fn parse_log(text: &str) -> Vec<AuditRequest> {
+    let mut seen = HashSet::new();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<AuditRequest>(l).ok())
+        .filter(|r| r.audit_id.is_empty() || seen.insert(r.audit_id.clone()))
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (a query string's space); a malformed escape stays as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +177,29 @@ mod tests {
         assert!(w.succeeded());
         assert_eq!(w.resource(), "deployments");
         assert!(w.completed() > w.received());
+        assert!(w.is_write());
+    }
+
+    #[test]
+    fn reads_selectors_from_the_request_uri() {
+        let line = r#"{"auditID":"w1","stage":"ResponseStarted","requestURI":"/apis/apps/v1/deployments?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dskyloom&fieldSelector=status.phase%21%3DFailed&watch=true","verb":"watch","userAgent":"skyloom/0.1 (r)","objectRef":{"resource":"deployments","apiGroup":"apps","apiVersion":"v1"},"requestReceivedTimestamp":"2026-12-03T19:41:21.123456Z","stageTimestamp":"2026-12-03T19:41:21.130000Z"}"#;
+        let ended = line.replace("ResponseStarted", "ResponseComplete");
+        let requests = parse_log(&format!("{line}\n{ended}\n{{\"half"));
+        assert_eq!(requests.len(), 1, "a watch's two lines are one request");
+        let w = &requests[0];
+        assert!(!w.is_write());
+        assert_eq!(w.label_selector(), "app.kubernetes.io/managed-by=skyloom");
+        assert_eq!(w.field_selector(), "status.phase!=Failed");
+        assert_eq!(w.query_param("watch").as_deref(), Some("true"));
+        assert_eq!(w.query_param("limit"), None);
+        assert_eq!(w.namespace(), "");
+        assert_eq!(w.name(), "");
+    }
+
+    #[test]
+    fn decodes_query_escapes() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

@@ -6,7 +6,8 @@
 //! real capacity (cpu, memory, `nvidia.com/gpu`) and become Running. Every member's apiserver
 //! sits behind a [`proxy::FaultProxy`], so a test can cut it off, slow it down, pause or kill it;
 //! [`Member::open_endpoint`] adds further proxied ways in that are cut on their own. Every
-//! apiserver writes an audit log of write requests ([`Member::audit_writes`]).
+//! apiserver writes an audit log of write requests ([`Member::audit_writes`]) and of the reads
+//! of a few kinds ([`Member::audit_requests`]).
 //!
 //! The binaries are built by `scripts/testbed-install` at the versions in `versions.env`.
 
@@ -22,7 +23,7 @@ pub mod proxy;
 pub mod spec;
 pub mod testbed;
 
-pub use audit::AuditWrite;
+pub use audit::{AuditRequest, AuditWrite};
 pub use binaries::Binaries;
 pub use error::TestbedError;
 pub use member::{Member, Role};

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::runtime::Handle;
 
-use crate::audit::AuditWrite;
+use crate::audit::{AuditRequest, AuditWrite};
 use crate::binaries::Binaries;
 use crate::error::{NotReady, TestbedError, io_err, kube_err};
 use crate::kubeconfig;
@@ -31,14 +31,28 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The kwok stages every member plays.
 const KWOK_STAGES: &str = include_str!("kwok-stages.yaml");
 
-/// Audit policy of every apiserver: each write (with its user-agent) at Metadata level,
-/// nothing else, so a test can tell from the member side who wrote what and when.
+/// Audit policy of every apiserver, at Metadata level (verb, URI with its selectors, object,
+/// user-agent, timestamps; never a body): every write, so a test can tell from the member side
+/// who wrote what and when; and reads (get, list, watch) only of the kinds whose reads a test
+/// checks (Secrets, Pods, Nodes, Namespaces, Deployments and Skyloom's own), so the log stays
+/// small: the cluster's own components list and watch these once each and then hold their
+/// watches (minutes), and everything else they read (Leases, ReplicaSets, Events, discovery)
+/// is not logged.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
+- level: Metadata
+  verbs: [get, list, watch]
+  resources:
+  - group: \"\"
+    resources: [secrets, pods, nodes, namespaces]
+  - group: apps
+    resources: [deployments]
+  - group: skyloom.io
+    resources: [aiservices, cloudpools]
 - level: None
 ";
 
@@ -445,23 +459,28 @@ impl Member {
         })
     }
 
-    /// Path of the apiserver's audit log: one JSON line per write request.
+    /// Path of the apiserver's audit log: one JSON line per audited request (a watch has two:
+    /// when it starts and when it ends).
     pub fn audit_log_path(&self) -> &Path {
         &self.audit_log
     }
 
     /// Every write request the apiserver has completed so far, oldest first.
     pub fn audit_writes(&self) -> Result<Vec<AuditWrite>, TestbedError> {
+        let mut requests = self.audit_requests()?;
+        requests.retain(AuditRequest::is_write);
+        Ok(requests)
+    }
+
+    /// Every request the apiserver has audited so far, oldest first, each once: every write,
+    /// and the reads (get, list, watch) of the kinds the audit policy names.
+    pub fn audit_requests(&self) -> Result<Vec<AuditRequest>, TestbedError> {
         let text = match std::fs::read_to_string(&self.audit_log) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err(format!("reading {}", self.audit_log.display()))(e)),
         };
-        // The last line may be half written; every complete line parses.
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<AuditWrite>(l).ok())
-            .collect())
+        Ok(crate::audit::parse_log(&text))
     }
 
     /// Adds latency to every chunk through the proxy (zero removes it).
