@@ -10,6 +10,7 @@ use crate::explain;
 use crate::greedy::{Guide, construct, fill, proportional_split};
 use crate::improve::{SearchLimits, improve};
 use crate::lagrange;
+use crate::lns::{self, LnsLimits};
 use crate::model::Model;
 use crate::plan::{Plan, SolveStatus};
 use crate::snapshot::Snapshot;
@@ -30,6 +31,13 @@ pub struct SolveOptions {
     pub search_passes: usize,
     /// Subgradient iterations of the Lagrangian bound.
     pub bound_iterations: usize,
+    /// Neighbourhoods re-solved exactly by large-neighbourhood search per group too large
+    /// for exact search (a deterministic budget; 0 turns the phase off).
+    pub lns_neighbourhoods: usize,
+    /// Most integer variables in one such neighbourhood.
+    pub lns_max_vars: usize,
+    /// Branch-and-bound nodes per stage of each neighbourhood's exact search.
+    pub lns_nodes_per_stage: u64,
 }
 
 impl Default for SolveOptions {
@@ -40,6 +48,9 @@ impl Default for SolveOptions {
             exact_nodes_per_stage: 2_000,
             search_passes: 12,
             bound_iterations: 400,
+            lns_neighbourhoods: 25,
+            lns_max_vars: 200,
+            lns_nodes_per_stage: 200,
         }
     }
 }
@@ -207,6 +218,22 @@ fn solve_group(
     guide.cutoff = None;
     construct(blind, blind_state, &guide, group);
     outcome.time_limited |= improve(blind, blind_state, &guide, group, candidate_limits);
+    // Large groups: re-solve neighbourhoods of a few clouds exactly where replicas or spread
+    // are missing (small groups are searched exactly below), then polish again.
+    let small = exact::size(model, group) <= options.exact_max_vars;
+    if !small && options.lns_neighbourhoods > 0 {
+        let lns_limits = LnsLimits {
+            neighbourhoods: options.lns_neighbourhoods,
+            max_vars: options.lns_max_vars,
+            nodes_per_stage: options.lns_nodes_per_stage,
+            deadline,
+        };
+        let found = lns::search(blind, blind_state, group, lns_limits);
+        outcome.time_limited |= found.time_limited;
+        if found.improved {
+            outcome.time_limited |= improve(blind, blind_state, &guide, group, candidate_limits);
+        }
+    }
     let rounded = extract(blind_state, group);
     let rounded_score = blind_state.score(blind, group);
     // The federators' proportional split, completed, so that the answer is never worse than
@@ -229,7 +256,6 @@ fn solve_group(
     // Exact search of the current-blind problem where the group is small, from the better
     // of the two candidates. Even when a limit cuts it, its answer depends only on the
     // input, never on where replicas run now.
-    let small = exact::size(model, group) <= options.exact_max_vars;
     let exact_limits = ExactLimits {
         nodes_per_stage: options.exact_nodes_per_stage,
         deadline,

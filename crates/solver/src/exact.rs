@@ -119,7 +119,13 @@ struct ServiceVars {
     survive_short: Option<usize>,
 }
 
-fn add_service(program: &mut Program, model: &Model, state: &State, j: usize) -> ServiceVars {
+fn add_service(
+    program: &mut Program,
+    model: &Model,
+    state: &State,
+    j: usize,
+    free: &[bool],
+) -> ServiceVars {
     let s = &model.services[j];
     let n = model.cloud_count();
     let row = state.row(j);
@@ -134,7 +140,23 @@ fn add_service(program: &mut Program, model: &Model, state: &State, j: usize) ->
         survive_short: None,
     };
     let mut used = Vec::with_capacity(n);
+    // What the clouds outside the searched ones hold, kept as it is: replicas, clouds used,
+    // and held units per failure domain.
+    let mut fixed_placed: u32 = 0;
+    let mut fixed_used: u32 = 0;
+    let mut fixed_held = vec![0u32; model.domains.len()];
     for i in 0..n {
+        if !free[i] {
+            fixed_placed += row[i];
+            fixed_used += u32::from(row[i] > 0);
+            fixed_held[model.clouds[i].domain] += row[i] + res[i];
+            sv.x.push(None);
+            sv.r.push(None);
+            sv.kept.push(None);
+            sv.stop.push(None);
+            used.push(None);
+            continue;
+        }
         let cap = f64::from(s.cap[i]);
         let x = (s.cap[i] > 0).then(|| program.var(true, cap, f64::from(row[i])));
         let r = (s.cap[i] > 0 && s.survive_target > 0 && s.admission[i].is_open())
@@ -174,22 +196,30 @@ fn add_service(program: &mut Program, model: &Model, state: &State, j: usize) ->
         used.push(y);
     }
     let placed: Vec<(usize, f64)> = sv.x.iter().flatten().map(|&v| (v, 1.0)).collect();
-    program.row(placed.clone(), ComparisonOp::Le, f64::from(s.desired));
+    program.row(
+        placed.clone(),
+        ComparisonOp::Le,
+        f64::from(s.desired.saturating_sub(fixed_placed)),
+    );
     if s.min_clouds >= 1 {
         let k = f64::from(s.min_clouds);
         let m = program.var(false, k, f64::from(eval.cloud_shortfall));
-        let mut terms: Vec<(usize, f64)> = if s.min_clouds >= 2 {
-            used.iter().flatten().map(|&v| (v, 1.0)).collect()
+        let (mut terms, fixed): (Vec<(usize, f64)>, u32) = if s.min_clouds >= 2 {
+            (
+                used.iter().flatten().map(|&v| (v, 1.0)).collect(),
+                fixed_used,
+            )
         } else {
-            placed
+            (placed, fixed_placed)
         };
         terms.push((m, 1.0));
-        program.row(terms, ComparisonOp::Ge, k);
+        program.row(terms, ComparisonOp::Ge, k - f64::from(fixed));
         sv.cloud_short = Some(m);
     }
     if s.survive_target > 0 {
         let target = f64::from(s.survive_target);
         let short = program.var(false, target, f64::from(eval.survive_shortfall));
+        let fixed_total: u32 = fixed_held.iter().sum();
         for d in 0..model.domains.len() {
             let mut terms: Vec<(usize, f64)> = Vec::new();
             for i in 0..n {
@@ -199,7 +229,8 @@ fn add_service(program: &mut Program, model: &Model, state: &State, j: usize) ->
                 }
             }
             terms.push((short, 1.0));
-            program.row(terms, ComparisonOp::Ge, target);
+            let elsewhere = fixed_total - fixed_held[d];
+            program.row(terms, ComparisonOp::Ge, target - f64::from(elsewhere));
         }
         sv.survive_short = Some(short);
     }
@@ -214,15 +245,40 @@ pub fn solve(
     group: &[usize],
     limits: ExactLimits,
 ) -> Option<ExactResult> {
+    solve_within(
+        model,
+        state,
+        group,
+        &vec![true; model.cloud_count()],
+        false,
+        limits,
+    )
+}
+
+/// Like [`solve`], but only the clouds marked in `free` are searched: the group's replicas
+/// and reserves on the other clouds stay as they are in `state` (they still count for
+/// `desired`, `minClouds` and `surviveCloudLoss`). With `require_gain`, returns `None` as
+/// soon as the penalty stages show, or fail within their node limits to refute, that no
+/// priority's penalty can beat the placement in `state` (the later stages are then not
+/// solved); the last penalty stage is then cut off at one below the start's penalty. Used
+/// by large-neighbourhood search.
+pub fn solve_within(
+    model: &Model,
+    state: &State,
+    group: &[usize],
+    free: &[bool],
+    require_gain: bool,
+    limits: ExactLimits,
+) -> Option<ExactResult> {
     let n = model.cloud_count();
     let rc = model.resource_count();
     let mut program = Program::default();
     let vars: Vec<ServiceVars> = group
         .iter()
-        .map(|&j| add_service(&mut program, model, state, j))
+        .map(|&j| add_service(&mut program, model, state, j, free))
         .collect();
     // Capacity rows, net of what services outside the group use, scaled to unit size.
-    for i in 0..n {
+    for i in (0..n).filter(|&i| free[i]) {
         for k in 0..rc {
             let mut own: i128 = 0;
             let mut most: i128 = 0;
@@ -264,6 +320,7 @@ pub fn solve(
             stages.push((objective, true));
         }
     }
+    let penalty_stages = stages.len();
     let (mut value, mut moves, mut reserve) = (Vec::new(), Vec::new(), Vec::new());
     for (g, &j) in group.iter().enumerate() {
         let s = &model.services[j];
@@ -289,7 +346,24 @@ pub fn solve(
     // a value stage's slack may be widened.
     let mut kept: Option<(usize, f64, f64, bool)> = None;
     let mut widened = false;
-    'stages: for (objective, whole) in stages {
+    // Whether a penalty stage found better than the starting placement.
+    let mut gained = false;
+    'stages: for (stage, (objective, whole)) in stages.into_iter().enumerate() {
+        let start: f64 = objective.iter().map(|&(v, c)| c * program.hint[v]).sum();
+        // With `require_gain`, the last penalty stage, if no stage before has gained, asks for
+        // a penalty at least one lower than the start's: where the LP relaxation has no such
+        // point the stage ends at once instead of spending its nodes proving the start
+        // optimal. Where branch-and-bound finds no such integer point within its nodes (the
+        // start, no longer feasible, cannot serve as incumbent), the stage is solved again
+        // without the cutoff.
+        let mut cutoff = require_gain && !gained && stage + 1 == penalty_stages;
+        if cutoff {
+            program.row(
+                objective.clone(),
+                ComparisonOp::Le,
+                start.round() - 1.0 + 1e-6,
+            );
+        }
         let mut attempts = 0;
         let outcome = loop {
             let remaining = limits
@@ -308,7 +382,14 @@ pub fn solve(
             // A retry also goes without presolve, which has refused feasible stages.
             options.presolve = attempts == 0;
             match problem.solve_with(options) {
+                Ok(outcome) if cutoff && outcome.solution().is_none() => {
+                    program.rows.pop();
+                    cutoff = false;
+                }
                 Ok(outcome) => break (outcome, handles),
+                // Nothing better here (or presolve wrongly says so, see below: for a
+                // neighbourhood that is only a missed chance, not a wrong answer).
+                Err(microlp::Error::Infeasible) if cutoff => return None,
                 // microlp's presolve has refused feasible stages: retry without it. Then the
                 // previous optimum, kept as a constraint, may be out of reach within the
                 // simplex's tolerances: widen its slack.
@@ -356,26 +437,38 @@ pub fn solve(
         kept = Some((program.rows.len() - 1, optimum, slack, whole));
         warm.clone_from(&values);
         best = Some(values);
-        if !proven {
+        if stage < penalty_stages && optimum < start.round() - 0.5 {
+            gained = true;
+        }
+        if !proven || (require_gain && !gained && stage + 1 >= penalty_stages) {
             break;
         }
     }
     proven &= !widened;
+    if require_gain && !gained {
+        return None;
+    }
     let values = best?;
-    let round = |v: &Option<usize>| -> u32 {
+    // A cloud outside the searched ones keeps what it holds.
+    let pick = |i: usize, v: &Option<usize>, kept: u32| -> u32 {
+        if !free[i] {
+            return kept;
+        }
         v.map_or(0, |v| {
             let value = values[v].round();
             if value > 0.0 { value as u32 } else { 0 }
         })
     };
     Some(ExactResult {
-        x: vars
+        x: group
             .iter()
-            .map(|sv| sv.x.iter().map(round).collect())
+            .zip(&vars)
+            .map(|(&j, sv)| (0..n).map(|i| pick(i, &sv.x[i], state.x(j, i))).collect())
             .collect(),
-        r: vars
+        r: group
             .iter()
-            .map(|sv| sv.r.iter().map(round).collect())
+            .zip(&vars)
+            .map(|(&j, sv)| (0..n).map(|i| pick(i, &sv.r[i], state.r(j, i))).collect())
             .collect(),
         proven,
         time_limited,

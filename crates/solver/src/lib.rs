@@ -27,6 +27,7 @@ mod greedy;
 pub mod greedy_baseline;
 mod improve;
 mod lagrange;
+mod lns;
 mod model;
 pub mod plan;
 pub mod referee;

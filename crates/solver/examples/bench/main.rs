@@ -2,8 +2,10 @@
 //! proportional split, timed, and written out for the HiGHS referee
 //! (`bench/highs_referee.py`). Run through `scripts/bench-solver`.
 //!
-//! Usage: `bench [--out DIR] [--seed N] [--runs N] [SERVICESxCLOUDS[t] ...]` — a trailing `t`
-//! asks for a tight instance (GPUs short overall).
+//! Usage: `bench [--out DIR] [--seed N] [--runs N] [--lns-neighbourhoods N] [--lns-max-vars N]
+//! [--lns-nodes N] [SERVICESxCLOUDS[t] ...]` — a trailing `t` asks for a tight instance (GPUs
+//! short overall); the `--lns-*` flags override the large-neighbourhood search's defaults in
+//! `SolveOptions` (`--lns-neighbourhoods 0` turns it off), for tuning.
 
 mod generate;
 
@@ -14,10 +16,16 @@ use skyloom_solver::greedy_baseline::proportional;
 use skyloom_solver::referee::flatten;
 use skyloom_solver::{SolveOptions, SolveStatus, solve};
 
+/// Parses a flag's number, keeping `default` when it is missing or not a number.
+fn number<T: std::str::FromStr>(arg: Option<String>, default: T) -> T {
+    arg.and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
     let mut out = PathBuf::from("target/bench-solver");
     let mut seed = 42u64;
     let mut runs = 3usize;
+    let mut options = SolveOptions::default();
     let mut sizes: Vec<(usize, usize, bool)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -25,6 +33,13 @@ fn main() {
             "--out" => out = PathBuf::from(args.next().unwrap_or_default()),
             "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
             "--runs" => runs = args.next().and_then(|s| s.parse().ok()).unwrap_or(runs),
+            "--lns-neighbourhoods" => {
+                options.lns_neighbourhoods = number(args.next(), options.lns_neighbourhoods);
+            }
+            "--lns-max-vars" => options.lns_max_vars = number(args.next(), options.lns_max_vars),
+            "--lns-nodes" => {
+                options.lns_nodes_per_stage = number(args.next(), options.lns_nodes_per_stage);
+            }
             size => {
                 let (size, tight) = match size.strip_suffix('t') {
                     Some(rest) => (rest, true),
@@ -59,11 +74,12 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "{:>10} {:>9} {:>12} {:>8} {:>12} {:>8} {:>10} {:>9}",
+        "{:>10} {:>9} {:>12} {:>8} {:>10} {:>12} {:>8} {:>10} {:>9}",
         "instance",
         "time s",
         "skyloom $/h",
         "unplaced",
+        "penalty",
         "greedy $/h",
         "unplaced",
         "gap bound",
@@ -79,7 +95,6 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let options = SolveOptions::default();
         let mut times = Vec::new();
         let mut plan = None;
         for _ in 0..runs.max(1) {
@@ -121,12 +136,21 @@ fn main() {
                 *gap,
             ),
         };
+        // Penalty per priority, highest first, as in docs/benchmarks.md.
+        let penalty = plan
+            .objective
+            .by_priority
+            .iter()
+            .map(|p| (p.unplaced + p.missing_clouds + p.survival_shortfall).to_string())
+            .collect::<Vec<_>>()
+            .join("/");
         println!(
-            "{:>10} {:>9.3} {:>12.4} {:>8} {:>12.4} {:>8} {:>9.3}% {:>9}",
+            "{:>10} {:>9.3} {:>12.4} {:>8} {:>10} {:>12.4} {:>8} {:>9.3}% {:>9}",
             name,
             seconds,
             plan.totals.cost_per_hour,
             plan.totals.unplaced,
+            penalty,
             greedy.cost_per_hour,
             greedy.unplaced,
             gap * 100.0,
