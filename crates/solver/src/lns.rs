@@ -111,32 +111,62 @@ pub fn search(model: &Model, state: &mut State, group: &[usize], limits: LnsLimi
     }
 }
 
-/// Cloud sets to search: every cloud a service with a penalty could hold more on, most
-/// missing replicas first, alone; then pairs of the first [`PAIRED_CLOUDS`] of them.
+/// Cloud sets to search: every cloud a service with a penalty could hold more on (or, short
+/// of `minClouds`, does not use yet), most wanted first, alone; then pairs of the first
+/// [`PAIRED_CLOUDS`] of them; then, for each such service in turn, pairs of a cloud it
+/// wants with one where it holds replicas or reserve (to spread out what it has).
 fn neighbourhoods(model: &Model, state: &State, group: &[usize]) -> Vec<Vec<usize>> {
     let n = model.cloud_count();
     let mut wanted = vec![0i64; n];
+    // Per penalised service: the clouds it wants and those where it holds something.
+    let mut spread: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
     for &j in group {
         let penalty = state.evals[j].penalty();
         if penalty == 0 {
             continue;
         }
         let s = &model.services[j];
+        let short_of_clouds = state.evals[j].cloud_shortfall > 0;
+        let (mut wants, mut holds) = (Vec::new(), Vec::new());
         for (i, w) in wanted.iter_mut().enumerate() {
-            if s.cap[i] > 0 && state.x(j, i) + state.r(j, i) < s.cap[i].max(s.hold_cap[i]) {
+            let (x, r) = (state.x(j, i), state.r(j, i));
+            // Room for more here, or a cloud not used yet where reserve could run instead.
+            let more = x + r < s.cap[i].max(s.hold_cap[i]);
+            if s.cap[i] > 0 && (more || (short_of_clouds && x == 0)) {
                 *w += penalty;
+                wants.push(i);
+            }
+            if x + r > 0 {
+                holds.push(i);
             }
         }
+        spread.push((wants, holds));
     }
     let mut clouds: Vec<usize> = (0..n).filter(|&i| wanted[i] > 0).collect();
     clouds.sort_by(|&a, &b| wanted[b].cmp(&wanted[a]).then(a.cmp(&b)));
     let mut sets: Vec<Vec<usize>> = clouds.iter().map(|&i| vec![i]).collect();
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
     let top = &clouds[..clouds.len().min(PAIRED_CLOUDS)];
     for (p, &a) in top.iter().enumerate() {
-        for &b in &top[p + 1..] {
-            sets.push(vec![a.min(b), a.max(b)]);
+        pairs.extend(top[p + 1..].iter().map(|&b| (a.min(b), a.max(b))));
+    }
+    for (wants, holds) in &spread {
+        for &a in wants {
+            pairs.extend(
+                holds
+                    .iter()
+                    .filter(|&&b| b != a)
+                    .map(|&b| (a.min(b), a.max(b))),
+            );
         }
     }
+    let mut seen = BTreeSet::new();
+    sets.extend(
+        pairs
+            .into_iter()
+            .filter(|&pair| seen.insert(pair))
+            .map(|(a, b)| vec![a, b]),
+    );
     sets
 }
 
@@ -249,4 +279,206 @@ fn apply(
         state.set_rows(model, j, x, r);
     }
     trial.commit(model, state, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::greedy::{Guide, construct};
+    use crate::snapshot::{Cloud, Service, Snapshot};
+
+    const GIB: u64 = 1 << 30;
+
+    /// A cloud: cores, GPUs, provider (empty: its own failure domain).
+    type CloudSpec = (u64, u64, &'static str);
+    /// A service: millicores, GPUs, desired, minClouds, maxReplicasPerCloud,
+    /// surviveCloudLoss.
+    type ServiceSpec = (u64, u64, u32, u32, Option<u32>, bool);
+
+    fn snapshot(clouds: &[CloudSpec], services: &[ServiceSpec]) -> Snapshot {
+        let clouds = clouds
+            .iter()
+            .enumerate()
+            .map(|(i, &(cores, gpus, provider))| {
+                let mut cloud = Cloud::new(format!("c{i}"));
+                cloud.provider = provider.to_owned();
+                cloud.capacity.insert("cpu".to_owned(), cores * 1000);
+                cloud.capacity.insert("memory".to_owned(), cores * 4 * GIB);
+                cloud.capacity.insert("nvidia.com/gpu".to_owned(), gpus);
+                let step = i as u64;
+                cloud.prices.insert("cpu".to_owned(), 30_000 + 7_000 * step);
+                cloud.prices.insert("memory".to_owned(), 2_000);
+                cloud
+                    .prices
+                    .insert("nvidia.com/gpu".to_owned(), 1_000_000 + 90_000 * step);
+                cloud
+            })
+            .collect();
+        let services = services
+            .iter()
+            .enumerate()
+            .map(
+                |(j, &(millicores, gpus, desired, min_clouds, max, survive))| {
+                    let mut service = Service::new("ns", format!("s{j}"), desired);
+                    service.demand.insert("cpu".to_owned(), millicores);
+                    service.demand.insert("memory".to_owned(), millicores << 20);
+                    if gpus > 0 {
+                        service.demand.insert("nvidia.com/gpu".to_owned(), gpus);
+                    }
+                    let spread = &mut service.placement.spread;
+                    spread.min_clouds = min_clouds;
+                    spread.max_replicas_per_cloud = max;
+                    spread.survive_cloud_loss = survive;
+                    service
+                },
+            )
+            .collect();
+        match Snapshot::new(clouds, services) {
+            Ok(snapshot) => snapshot,
+            Err(error) => panic!("invalid test snapshot: {error}"),
+        }
+    }
+
+    fn instances() -> impl Strategy<Value = (Snapshot, Vec<bool>)> {
+        let cloud = (
+            0u64..=8,
+            0u64..=4,
+            prop::sample::select(vec!["p0", "p1", ""]),
+        );
+        let service = (
+            (1u64..=12).prop_map(|q| q * 250),
+            prop::sample::select(vec![0u64, 0, 1, 2]),
+            1u32..=4,
+            1u32..=3,
+            prop::option::weighted(0.3, 1u32..=3),
+            prop::bool::weighted(0.3),
+        );
+        (
+            prop::collection::vec(cloud, 2..=4),
+            prop::collection::vec(service, 1..=5),
+        )
+            .prop_flat_map(|(clouds, services)| {
+                let free = prop::collection::vec(any::<bool>(), clouds.len());
+                (Just(snapshot(&clouds, &services)), free)
+            })
+    }
+
+    /// The model of `snapshot` and a greedy placement of all its services.
+    fn start(snapshot: &Snapshot) -> (Model, State, Vec<usize>) {
+        let model = match Model::build(snapshot) {
+            Ok(model) => model,
+            Err(error) => panic!("{error}"),
+        };
+        let group: Vec<usize> = (0..model.services.len()).collect();
+        let mut state = State::new(&model);
+        construct(&model, &mut state, &Guide::none(&model), &group);
+        (model, state, group)
+    }
+
+    const LIMITS: ExactLimits = ExactLimits {
+        nodes_per_stage: 2_000,
+        deadline: None,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A neighbourhood's exact answer leaves the clouds outside it as they were and keeps
+        /// capacity, per-cloud caps, `desired` and where reserve may go; proven, it is no
+        /// worse on any priority's penalty, and asking it to gain on its own answer gives
+        /// nothing.
+        #[test]
+        fn solve_within_keeps_the_rest_and_every_rule((snapshot, free) in instances()) {
+            let (model, state, group) = start(&snapshot);
+            let Some(result) = exact::solve_within(&model, &state, &group, &free, false, LIMITS) else {
+                return Ok(());
+            };
+            let n = model.cloud_count();
+            let mut after = state.clone();
+            for (g, &j) in group.iter().enumerate() {
+                let s = &model.services[j];
+                let (x, r) = (&result.x[g], &result.r[g]);
+                for i in (0..n).filter(|&i| !free[i]) {
+                    prop_assert_eq!((x[i], r[i]), (state.x(j, i), state.r(j, i)), "{} on c{}", j, i);
+                }
+                prop_assert!(x.iter().sum::<u32>() <= s.desired);
+                for i in 0..n {
+                    prop_assert!(x[i] <= s.cap[i] && x[i] + r[i] <= s.cap[i].max(s.hold_cap[i]));
+                    prop_assert!(r[i] == 0 || s.admission[i].is_open());
+                }
+                after.set_rows(&model, j, x, r);
+            }
+            for i in 0..n {
+                prop_assert!(after.within_capacity(&model, i), "c{} over capacity", i);
+            }
+            if result.proven {
+                let (before, now) = (state.score(&model, &group), after.score(&model, &group));
+                prop_assert!(now.penalties <= before.penalties, "{:?} > {:?}", now, before);
+                let again = exact::solve_within(&model, &after, &group, &free, true, LIMITS);
+                prop_assert!(again.is_none());
+            }
+        }
+
+        /// Large-neighbourhood search never makes a placement worse, keeps it within
+        /// capacity, and gives the same answer from the same start.
+        #[test]
+        fn search_only_improves((snapshot, _) in instances()) {
+            let (model, state, group) = start(&snapshot);
+            let limits = LnsLimits { neighbourhoods: 25, max_vars: 200, nodes_per_stage: 200, deadline: None };
+            let mut first = state.clone();
+            let outcome = search(&model, &mut first, &group, limits);
+            let mut second = state.clone();
+            search(&model, &mut second, &group, limits);
+            prop_assert_eq!(&first.x, &second.x);
+            prop_assert_eq!(&first.r, &second.r);
+            let (before, after) = (state.score(&model, &group), first.score(&model, &group));
+            prop_assert_eq!(outcome.improved, after.compare(&before).is_lt());
+            prop_assert!(after.compare(&before).is_le());
+            for i in 0..model.cloud_count() {
+                prop_assert!(first.within_capacity(&model, i));
+            }
+        }
+    }
+
+    /// `spread` (3 replicas, `minClouds: 2`, `surviveCloudLoss`) runs all its replicas on c0
+    /// with its reserve on c1, a cloud short. Only moving a replica to c1 and a reserve unit
+    /// to c0 together fixes it: the pair {c0, c1} re-solved exactly does.
+    #[test]
+    fn a_pair_of_clouds_spreads_a_service_out() {
+        // 1.75 and 1.25 cores per replica: spread takes 3 units in each cloud.
+        let snapshot = snapshot(
+            &[(6, 0, ""), (7, 0, "")],
+            &[(1250, 0, 1, 1, None, false), (1750, 0, 3, 2, None, true)],
+        );
+        let (model, mut state, group) = start(&snapshot);
+        for &j in &group {
+            state.clear(&model, j);
+        }
+        state.set_rows(&model, 0, &[0, 1], &[0, 0]);
+        state.set_rows(&model, 1, &[3, 0], &[0, 3]);
+        assert_eq!(state.score(&model, &group).penalties, vec![1]);
+        let limits = LnsLimits {
+            neighbourhoods: 25,
+            max_vars: 200,
+            nodes_per_stage: 200,
+            deadline: None,
+        };
+        let mut off = state.clone();
+        let nothing = search(
+            &model,
+            &mut off,
+            &group,
+            LnsLimits {
+                neighbourhoods: 0,
+                ..limits
+            },
+        );
+        assert!(!nothing.improved);
+        let outcome = search(&model, &mut state, &group, limits);
+        assert!(outcome.improved && !outcome.time_limited);
+        assert_eq!(state.score(&model, &group).penalties, vec![0]);
+        assert_eq!(state.row(1).iter().filter(|&&x| x > 0).count(), 2);
+    }
 }
