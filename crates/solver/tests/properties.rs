@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{check_plan, placements, snapshots};
+use common::{check_plan, placements, shuffled_snapshots, snapshots, with_current};
 use proptest::prelude::*;
-use skyloom_solver::{Snapshot, SolveOptions, SolveStatus, solve};
+use skyloom_solver::{SolveOptions, SolveStatus, solve};
 
 fn options() -> SolveOptions {
     SolveOptions {
@@ -28,17 +28,7 @@ proptest! {
 
     /// The same snapshot in any order gives byte-identical output.
     #[test]
-    fn output_is_independent_of_input_order(
-        (snapshot, cloud_order, service_order) in snapshots(4, 6).prop_flat_map(|s| {
-            let clouds: Vec<usize> = (0..s.clouds().len()).collect();
-            let services: Vec<usize> = (0..s.services().len()).collect();
-            (Just(s), Just(clouds).prop_shuffle(), Just(services).prop_shuffle())
-        })
-    ) {
-        let parts = snapshot.clone().into_parts();
-        let clouds = cloud_order.iter().map(|&i| parts.clouds[i].clone()).collect();
-        let services = service_order.iter().map(|&j| parts.services[j].clone()).collect();
-        let shuffled = Snapshot::new(clouds, services).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    fn output_is_independent_of_input_order((snapshot, shuffled) in shuffled_snapshots(4, 6)) {
         let a = solve(&snapshot, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let b = solve(&shuffled, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let a = serde_json::to_string(&a).unwrap_or_default();
@@ -50,18 +40,7 @@ proptest! {
     #[test]
     fn an_answer_is_a_fixed_point(snapshot in snapshots(4, 6)) {
         let first = solve(&snapshot, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let mut parts = snapshot.into_parts();
-        for service in &mut parts.services {
-            let placements = first
-                .services
-                .iter()
-                .find(|s| s.name == service.name)
-                .map(|s| s.placements.clone())
-                .unwrap_or_default();
-            service.current = placements.iter().filter(|p| p.replicas > 0).map(|p| (p.cloud.clone(), p.replicas)).collect();
-            service.current_reserve = placements.iter().filter(|p| p.reserve > 0).map(|p| (p.cloud.clone(), p.reserve)).collect();
-        }
-        let again = Snapshot::new(parts.clouds, parts.services).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let again = with_current(snapshot, &first).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let second = solve(&again, &options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(second.totals.moves, 0, "status {:?}", second.status);
         let replicas = |plan: &skyloom_solver::Plan| {

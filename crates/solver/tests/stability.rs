@@ -1,6 +1,7 @@
 //! Stability on a realistic instance: a small capacity change moves only what it must, and
 //! an answer fed back as the current placement moves nothing.
 
+mod common;
 #[path = "../examples/bench/generate.rs"]
 #[allow(dead_code)]
 mod generate;
@@ -27,29 +28,15 @@ fn replicas(plan: &Plan) -> BTreeMap<(String, String), u32> {
 }
 
 /// The snapshot with `plan` (replicas and reserve) as the current placement and every
-/// service's migration
-/// threshold set to `savings` percent.
+/// service's migration threshold set to `savings` percent.
 fn with_current(snapshot: &Snapshot, plan: &Plan, savings: u32) -> Snapshot {
     let mut parts = snapshot.clone().into_parts();
     for service in &mut parts.services {
-        let found = plan
-            .services
-            .iter()
-            .find(|s| s.namespace == service.namespace && s.name == service.name);
-        let placements = found.map(|s| s.placements.as_slice()).unwrap_or_default();
-        service.current = placements
-            .iter()
-            .filter(|p| p.replicas > 0)
-            .map(|p| (p.cloud.clone(), p.replicas))
-            .collect();
-        service.current_reserve = placements
-            .iter()
-            .filter(|p| p.reserve > 0)
-            .map(|p| (p.cloud.clone(), p.reserve))
-            .collect();
         service.min_savings_percent = savings;
     }
-    match Snapshot::new(parts.clouds, parts.services) {
+    match Snapshot::new(parts.clouds, parts.services)
+        .and_then(|snapshot| common::with_current(snapshot, plan))
+    {
         Ok(snapshot) => snapshot,
         Err(error) => panic!("{error}"),
     }

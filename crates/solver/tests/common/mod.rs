@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use skyloom_solver::eligibility::{Admission, admission};
 use skyloom_solver::selector::{LabelSelector, Requirement, SelectorOperator};
 use skyloom_solver::taint::{Taint, TaintEffect, Toleration, TolerationOperator};
-use skyloom_solver::{Cloud, Plan, Service, Snapshot};
+use skyloom_solver::{Cloud, Plan, Service, Snapshot, SnapshotError};
 
 /// One GiB in bytes.
 pub const GIB: u64 = 1 << 30;
@@ -365,4 +365,59 @@ pub fn tiny_snapshots() -> impl Strategy<Value = Snapshot> {
             Err(error) => panic!("tiny snapshot invalid: {error}"),
         }
     })
+}
+
+/// A random snapshot and the same snapshot with its clouds and services in another order.
+pub fn shuffled_snapshots(
+    max_clouds: usize,
+    max_services: usize,
+) -> impl Strategy<Value = (Snapshot, Snapshot)> {
+    snapshots(max_clouds, max_services)
+        .prop_flat_map(|s| {
+            let clouds: Vec<usize> = (0..s.clouds().len()).collect();
+            let services: Vec<usize> = (0..s.services().len()).collect();
+            (
+                Just(s),
+                Just(clouds).prop_shuffle(),
+                Just(services).prop_shuffle(),
+            )
+        })
+        .prop_map(|(snapshot, cloud_order, service_order)| {
+            let parts = snapshot.clone().into_parts();
+            let clouds = cloud_order
+                .iter()
+                .map(|&i| parts.clouds[i].clone())
+                .collect();
+            let services = service_order
+                .iter()
+                .map(|&j| parts.services[j].clone())
+                .collect();
+            match Snapshot::new(clouds, services) {
+                Ok(shuffled) => (snapshot, shuffled),
+                Err(error) => panic!("shuffled snapshot invalid: {error}"),
+            }
+        })
+}
+
+/// `snapshot` with `plan`'s replicas and reserve as what runs now.
+pub fn with_current(snapshot: Snapshot, plan: &Plan) -> Result<Snapshot, SnapshotError> {
+    let mut parts = snapshot.into_parts();
+    for service in &mut parts.services {
+        let found = plan
+            .services
+            .iter()
+            .find(|s| s.namespace == service.namespace && s.name == service.name);
+        let placements = found.map(|s| s.placements.as_slice()).unwrap_or_default();
+        service.current = placements
+            .iter()
+            .filter(|p| p.replicas > 0)
+            .map(|p| (p.cloud.clone(), p.replicas))
+            .collect();
+        service.current_reserve = placements
+            .iter()
+            .filter(|p| p.reserve > 0)
+            .map(|p| (p.cloud.clone(), p.reserve))
+            .collect();
+    }
+    Snapshot::new(parts.clouds, parts.services)
 }
