@@ -11,8 +11,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use skyloom_api::AIService;
+use skyloom_e2e::moves::Sampler;
 use skyloom_e2e::operator::{OperatorHandle, register_priced_members, test_args};
-use skyloom_e2e::{TestNamespace, eventually, shared};
+use skyloom_e2e::{TestNamespace, eventually, member_replicas, set_gpu_price, shared};
 use skyloom_testbed::Testbed;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -185,6 +186,83 @@ async fn changes_made_while_the_operator_is_down_converge_on_restart() {
     .unwrap();
     second.stop();
     ns.delete().await.unwrap();
+}
+
+/// The operator is stopped (and its memory lost) in the middle of a make-before-break move (a price
+/// change made gcp cheaper; gcp has some of the replicas Available, azure still holds most).
+/// Nothing it remembered survives; the next operator re-derives the move from what the
+/// members show and finishes it: every replica on gcp, azure's Deployment gone, no other
+/// copy anywhere, and over the whole run (both operators and the gap between them) never
+/// fewer than the desired replicas Available nor more than maxSurge extra requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_move_finishes_it_after_restart_without_duplicates() {
+    const AZURE: &str = "azure-eastus";
+    const GCP: &str = "gcp-europe-west4";
+    let (tb, _serial) = setup().await;
+    let hub = tb.hub().client().await.unwrap();
+    let ns = TestNamespace::create(&hub, "rs-mv").await.unwrap();
+    let mut doc = skyloom_e2e::gpu_service("mover", 4);
+    doc["spec"]["migration"] =
+        serde_json::json!({"maxSurge": 1, "maxUnavailable": 0, "timeoutSeconds": 60});
+    let first = OperatorHandle::start(tb, test_args());
+    apply(&hub, &ns.name, &doc).await;
+    converged(
+        &hub,
+        tb,
+        &ns.name,
+        "mover",
+        BTreeMap::from([(AZURE.into(), 4)]),
+    )
+    .await;
+
+    let sampler = Sampler::start(tb, &ns.name, "mover", 4, (AZURE, GCP));
+    set_gpu_price(&hub, GCP, "1.00").await.unwrap();
+    // Mid-move: gcp has replicas Available, azure has not drained below two.
+    eventually(
+        Duration::from_secs(45),
+        "the move to be under way",
+        || async {
+            let placed = member_replicas(tb, &ns.name, "mover").await;
+            let gcp_available = placed.get(GCP).map_or(0, |&(_, available)| available);
+            let azure_requested = placed.get(AZURE).map_or(0, |&(requested, _)| requested);
+            (gcp_available >= 1 && azure_requested >= 2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    first.stop();
+    let frozen = replicas(tb, &ns.name, "mover").await;
+    assert!(
+        frozen.len() == 2,
+        "both members hold copies mid-move: {frozen:?}"
+    );
+    // Nobody runs: the members keep what they have.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(tb, &ns.name, "mover").await, frozen);
+
+    let second = OperatorHandle::start(tb, test_args());
+    converged(
+        &hub,
+        tb,
+        &ns.name,
+        "mover",
+        BTreeMap::from([(GCP.into(), 4)]),
+    )
+    .await;
+    let trace = sampler.finish().await;
+    trace.assert_make_before_break(4, 1);
+    // No orphans and no duplicates: the namespace holds exactly one owned Deployment.
+    let owned = owned_deployments(tb, std::slice::from_ref(&ns.name)).await;
+    assert_eq!(
+        owned.keys().cloned().collect::<Vec<_>>(),
+        vec![(GCP.to_owned(), ns.name.clone(), "mover".to_owned())],
+        "owned Deployments after the restart"
+    );
+    set_gpu_price(&hub, GCP, "2.50").await.unwrap();
+    skyloom_e2e::remove_service(tb, &hub, ns, "mover")
+        .await
+        .unwrap();
+    second.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,10 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use skyloom_api::AIService;
+use skyloom_e2e::moves::{Sampler, Trace};
 use skyloom_e2e::operator::{OperatorHandle, register_priced_members, test_args};
 use skyloom_e2e::{
     TestNamespace, eventually, gpu_service, member_replica_pair, member_replicas, remove_service,
-    run_kubectl, service_ready, shared,
+    run_kubectl, service_ready, set_gpu_price, shared,
 };
 use skyloom_testbed::{Member, Testbed};
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
@@ -110,14 +109,6 @@ async fn start_on_azure(tb: &Testbed, hub: &Client, ns: &str, doc: &serde_json::
     settle_on(tb, hub, ns, name, AZURE, n).await;
 }
 
-async fn set_gpu_price(hub: &Client, pool: &str, price: &str) {
-    let patch = serde_json::json!({"spec": {"prices": {"nvidia.com/gpu": price}}});
-    Api::<skyloom_api::CloudPool>::all(hub.clone())
-        .patch(pool, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
-
 async fn conditions(hub: &Client, ns: &str, name: &str) -> Vec<Condition> {
     let api: Api<AIService> = Api::namespaced(hub.clone(), ns);
     api.get(name)
@@ -132,96 +123,17 @@ fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 
-/// What a sampler saw while replicas moved between azure and gcp, every ~200 ms.
-#[derive(Debug, Default)]
-struct Trace {
-    /// Lowest Σ available seen.
-    min_available: i32,
-    /// Highest Σ spec.replicas seen.
-    max_requested: i32,
-    /// Samples where a member held fewer than `replicas - available in the other`: it shrank
-    /// before the replicas replacing it were Available.
-    early_drains: Vec<String>,
-    /// Distinct consecutive spec.replicas of azure and of gcp.
-    azure: Vec<i32>,
-    gcp: Vec<i32>,
-}
-
-impl Trace {
-    /// Never fewer than `replicas` Available, never more than `replicas + 1` (maxSurge)
-    /// requested, and no member shrank before its replacements were Available.
-    fn assert_make_before_break(&self, replicas: i32) {
-        assert!(self.min_available >= replicas, "capacity lost: {self:?}");
-        assert!(
-            self.max_requested <= replicas + 1,
-            "more than maxSurge extra: {self:?}"
-        );
-        assert!(
-            self.early_drains.is_empty(),
-            "a member shrank before its replacements were Available: {self:?}"
-        );
-    }
-
-    /// How often `seq` turns from growing to shrinking or back.
-    fn turns(seq: &[i32]) -> usize {
-        let signs: Vec<bool> = seq.windows(2).map(|w| w[1] > w[0]).collect();
-        signs.windows(2).filter(|w| w[0] != w[1]).count()
-    }
-}
-
-/// Samples until `stop` is set. Each sample reads azure, gcp, then azure again; azure's
-/// counts are taken at the more favourable of its two reads, gcp's are exact at the middle
-/// one, so a change between the reads cannot fail a check spuriously (no count goes down and
-/// back up within the milliseconds of one sample).
-fn sample_move(
-    tb: &'static Testbed,
-    ns: String,
-    name: String,
-    replicas: i32,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Trace> {
-    tokio::spawn(async move {
-        let (azure, gcp) = (tb.member(AZURE).unwrap(), tb.member(GCP).unwrap());
-        let read = |m| member_replica_pair(m, &ns, &name);
-        let mut t = Trace {
-            min_available: i32::MAX,
-            ..Trace::default()
-        };
-        while !stop.load(Ordering::SeqCst) {
-            let a1 = read(azure).await.unwrap_or((0, 0));
-            let g = read(gcp).await.unwrap_or((0, 0));
-            let a2 = read(azure).await.unwrap_or((0, 0));
-            let a_available = a1.1.max(a2.1);
-            t.min_available = t.min_available.min(a_available + g.1);
-            t.max_requested = t.max_requested.max(a1.0.min(a2.0) + g.0);
-            if a1.0.max(a2.0) + g.1 < replicas || g.0 + a_available < replicas {
-                t.early_drains
-                    .push(format!("azure {a1:?}/{a2:?}, gcp {g:?}"));
-            }
-            for (seq, v) in [(&mut t.azure, a2.0), (&mut t.gcp, g.0)] {
-                if seq.last() != Some(&v) {
-                    seq.push(v);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        t
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cheaper_cloud_gets_the_replicas_make_before_break() {
     let (tb, _serial) = env().await;
     let hub = tb.hub().client().await.unwrap();
     let ns = TestNamespace::create(&hub, "mv-price").await.unwrap();
     start_on_azure(tb, &hub, &ns.name, &service("llm", 4)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_move(tb, ns.name.clone(), "llm".into(), 4, stop.clone());
-    set_gpu_price(&hub, GCP, "1.00").await;
+    let sampler = Sampler::start(tb, &ns.name, "llm", 4, (AZURE, GCP));
+    set_gpu_price(&hub, GCP, "1.00").await.unwrap();
     settle_on(tb, &hub, &ns.name, "llm", GCP, 4).await;
-    stop.store(true, Ordering::SeqCst);
-    let trace = sampler.await.unwrap();
-    trace.assert_make_before_break(4);
+    let trace = sampler.finish().await;
+    trace.assert_make_before_break(4, 1);
     // One step per surge replica, as the target's audit log shows: 4 applies, not one swap.
     let steps = operator_applies(
         tb.member(GCP).unwrap(),
@@ -239,9 +151,8 @@ async fn a_price_that_flips_back_mid_move_turns_each_member_around_once() {
     let hub = tb.hub().client().await.unwrap();
     let ns = TestNamespace::create(&hub, "mv-flip").await.unwrap();
     start_on_azure(tb, &hub, &ns.name, &service("flip", 4)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_move(tb, ns.name.clone(), "flip".into(), 4, stop.clone());
-    set_gpu_price(&hub, GCP, "1.00").await;
+    let sampler = Sampler::start(tb, &ns.name, "flip", 4, (AZURE, GCP));
+    set_gpu_price(&hub, GCP, "1.00").await.unwrap();
     eventually(Duration::from_secs(30), "the move to start", || async {
         let on_gcp = member_replicas(tb, &ns.name, "flip")
             .await
@@ -254,13 +165,12 @@ async fn a_price_that_flips_back_mid_move_turns_each_member_around_once() {
     .await
     .unwrap();
     // Halfway: gcp is dear again, so the replicas go back to azure.
-    set_gpu_price(&hub, GCP, "2.50").await;
+    set_gpu_price(&hub, GCP, "2.50").await.unwrap();
     settle_on(tb, &hub, &ns.name, "flip", AZURE, 4).await;
-    stop.store(true, Ordering::SeqCst);
-    let trace = sampler.await.unwrap();
-    trace.assert_make_before_break(4);
+    let trace = sampler.finish().await;
+    trace.assert_make_before_break(4, 1);
     assert!(
-        Trace::turns(&trace.azure) <= 1 && Trace::turns(&trace.gcp) <= 1,
+        Trace::turns(&trace.source) <= 1 && Trace::turns(&trace.target) <= 1,
         "a member changed direction more than once: {trace:?}"
     );
     remove_service(tb, &hub, ns, "flip").await.unwrap();
@@ -273,7 +183,7 @@ async fn a_saving_below_min_savings_percent_moves_nothing() {
     let ns = TestNamespace::create(&hub, "mv-small").await.unwrap();
     start_on_azure(tb, &hub, &ns.name, &service("steady", 2)).await;
     // gcp at 1.90 is about 5% cheaper per replica than azure at 2.00: less than the 10% default.
-    set_gpu_price(&hub, GCP, "1.90").await;
+    set_gpu_price(&hub, GCP, "1.90").await.unwrap();
     let api: Api<AIService> = Api::namespaced(hub.clone(), &ns.name);
     let why = eventually(
         Duration::from_secs(30),
@@ -310,10 +220,9 @@ async fn a_target_that_never_turns_ready_stalls_the_move_and_keeps_the_source() 
     doc["spec"]["template"]["metadata"] =
         serde_json::json!({"annotations": {"testbed.skyloom.io/never-ready": GCP}});
     start_on_azure(tb, &hub, &ns.name, &doc).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_move(tb, ns.name.clone(), "stuck".into(), 2, stop.clone());
+    let sampler = Sampler::start(tb, &ns.name, "stuck", 2, (AZURE, GCP));
     let started = Instant::now();
-    set_gpu_price(&hub, GCP, "1.00").await;
+    set_gpu_price(&hub, GCP, "1.00").await.unwrap();
     eventually(Duration::from_secs(20), "the move to start", || async {
         member_replicas(tb, &ns.name, "stuck")
             .await
@@ -351,8 +260,7 @@ async fn a_target_that_never_turns_ready_stalls_the_move_and_keeps_the_source() 
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    sampler.await.unwrap().assert_make_before_break(2);
+    sampler.finish().await.assert_make_before_break(2, 1);
     let events: Api<Event> = Api::namespaced(hub.clone(), &ns.name);
     let notes: Vec<String> = events
         .list(&ListParams::default())

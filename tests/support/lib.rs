@@ -2,6 +2,7 @@
 //! use and shared by every test in it (the machine has two cores), plus small helpers.
 
 pub mod logs;
+pub mod moves;
 pub mod operator;
 
 use std::path::{Path, PathBuf};
@@ -256,4 +257,17 @@ pub fn has_condition(
     conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == status)
+}
+
+/// Sets the GPU price (USD per GPU-hour) of the CloudPool `pool` with a merge patch.
+pub async fn set_gpu_price(hub: &Client, pool: &str, price: &str) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"prices": {"nvidia.com/gpu": price}}});
+    Api::<skyloom_api::CloudPool>::all(hub.clone())
+        .patch(
+            pool,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
