@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use skyloom::identity::MANAGED_SELECTOR;
 use skyloom_api::AIService;
 use skyloom_e2e::operator::{
@@ -326,12 +326,16 @@ async fn the_operator_reads_only_its_own_among_hundreds_of_unrelated_objects() {
         .delete(SERVICES[1], &DeleteParams::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "llm-b's Deployments to go", || async {
-        member_replicas(tb, &ns.name, SERVICES[1])
-            .await
-            .is_empty()
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "llm-b's Deployments to go",
+        || async {
+            member_replicas(tb, &ns.name, SERVICES[1])
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     remove_service(tb, &hub, ns, SERVICES[0]).await.unwrap();

@@ -96,7 +96,9 @@ impl AuditRequest {
 
     /// The namespace the request was confined to, or "" for a cluster-wide one.
     pub fn namespace(&self) -> &str {
-        self.object_ref.as_ref().map_or("", |o| o.namespace.as_str())
+        self.object_ref
+            .as_ref()
+            .map_or("", |o| o.namespace.as_str())
     }
 
     /// The object's name, or "" for lists, watches and unnamed creates.
@@ -150,7 +152,10 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 Some(b) => {
                     out.push(b);
                     i += 2;
