@@ -1,6 +1,7 @@
 //! What a member can still offer Skyloom: the allocatable resources of its schedulable,
 //! Ready Nodes minus the requests of Pods that Skyloom does not manage, and the shape of its
-//! largest node (per resource) for per-node fit.
+//! largest node (per resource) for per-node fit. Pod slots (allocatable `pods`) count as a
+//! resource too: every Pod takes one, so a member with room for CPU can still be full.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::identity::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::quantity::to_base_units;
+
+/// The Node resource that counts Pod slots; each Pod uses one.
+pub const POD_SLOTS: &str = "pods";
 
 /// Capacity of one member in base units.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,9 +67,6 @@ pub fn compute(nodes: &[Node], pods: &[Pod]) -> Capacity {
         }
         let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
         for (res, q) in alloc.into_iter().flatten() {
-            if res == "pods" {
-                continue;
-            }
             if let Ok(v) = to_base_units(res, &q.0) {
                 let total = cap.allocatable.entry(res.clone()).or_insert(0);
                 *total = total.saturating_add(v);
@@ -94,6 +95,8 @@ pub fn compute(nodes: &[Node], pods: &[Pod]) -> Capacity {
             let total = cap.foreign.entry(res).or_insert(0);
             *total = total.saturating_add(v);
         }
+        let slots = cap.foreign.entry(POD_SLOTS.to_owned()).or_insert(0);
+        *slots = slots.saturating_add(1);
     }
     cap
 }
@@ -181,6 +184,10 @@ mod tests {
         assert_eq!(cap.foreign["nvidia.com/gpu"], 1);
         assert_eq!(cap.available()["cpu"], 22_000);
         assert_eq!(cap.largest_node["nvidia.com/gpu"], 4);
-        assert!(!cap.allocatable.contains_key("pods"));
+        // Pod slots: 110 per Ready node, one taken by the foreign Pod running on `a`.
+        assert_eq!(cap.allocatable[POD_SLOTS], 220);
+        assert_eq!(cap.foreign[POD_SLOTS], 1);
+        assert_eq!(cap.available()[POD_SLOTS], 219);
+        assert_eq!(cap.largest_node[POD_SLOTS], 110);
     }
 }

@@ -217,6 +217,8 @@ pub fn execute(args: &PlanArgs) -> Result<Rendered, PlanError> {
         }
         services.push(service);
     }
+    // Pod slots bind only where a CloudPool declares `pods`, as in the controller.
+    snapshot::count_pod_slots(&mut clouds, &mut services);
     // Offline, a resource a CloudPool does not declare has no capacity: say so, since a
     // forgotten `cpu` or `memory` would otherwise show up only as "full".
     let demanded: std::collections::BTreeSet<&String> =

@@ -13,7 +13,7 @@ use skyloom_solver::snapshot::{MAX_PERFORMANCE_SCORE, MAX_REPLICAS};
 use skyloom_solver::taint::{Taint, TaintEffect, Toleration, TolerationOperator};
 use skyloom_solver::{Cloud, ObjectiveWeights, PlacementRules, Preference, Service, Spread};
 
-use crate::capacity::pod_requests;
+use crate::capacity::{POD_SLOTS, pod_requests};
 use crate::quantity::to_base_units;
 
 /// A value in an object that cannot be planned with.
@@ -46,6 +46,35 @@ fn effect(e: ApiEffect) -> TaintEffect {
         ApiEffect::NoSchedule => TaintEffect::NoSchedule,
         ApiEffect::PreferNoSchedule => TaintEffect::PreferNoSchedule,
         ApiEffect::NoExecute => TaintEffect::NoExecute,
+    }
+}
+
+/// Pod slots of a cloud that neither its Nodes nor its CloudPool count: more than any
+/// cluster holds, so the count never binds there.
+pub const UNCOUNTED_POD_SLOTS: u64 = 1_000_000;
+
+/// Every replica is a Pod, and a member's Nodes hold at most their allocatable `pods` each
+/// (110 by default), whatever CPU they have left. When any cloud counts its Pod slots
+/// (discovered from its Nodes, or declared in `spec.capacity`), every service asks for one
+/// per replica and clouds that do not count theirs (in total or on their largest node) get
+/// [`UNCOUNTED_POD_SLOTS`]. When none does (offline planning from declared capacity), nothing
+/// changes.
+pub fn count_pod_slots(clouds: &mut [Cloud], services: &mut [Service]) {
+    if !clouds.iter().any(|c| c.capacity.contains_key(POD_SLOTS)) {
+        return;
+    }
+    for cloud in clouds.iter_mut() {
+        cloud
+            .capacity
+            .entry(POD_SLOTS.to_owned())
+            .or_insert(UNCOUNTED_POD_SLOTS);
+        if let Some(node) = cloud.largest_node.as_mut() {
+            node.entry(POD_SLOTS.to_owned())
+                .or_insert(UNCOUNTED_POD_SLOTS);
+        }
+    }
+    for service in services.iter_mut() {
+        service.demand.insert(POD_SLOTS.to_owned(), 1);
     }
 }
 
@@ -330,5 +359,67 @@ mod tests {
         let err = cloud(&pool, &PoolFacts::default()).unwrap_err();
         assert_eq!(err.field, "spec.performanceScore");
         assert!(err.message.contains("-5"), "{}", err.message);
+    }
+
+    fn pool(name: &str, gpu_price: &str) -> CloudPool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "skyloom.io/v1alpha1", "kind": "CloudPool", "metadata": {"name": name},
+            "spec": {"provider": "aws", "region": "us-east-1", "kubeconfigSecretRef": {"name": "s"},
+                     "prices": {"cpu": gpu_price}}
+        }))
+        .unwrap()
+    }
+
+    fn small_service(replicas: i32) -> AIService {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "skyloom.io/v1alpha1", "kind": "AIService",
+            "metadata": {"name": "llm", "namespace": "ns"},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c",
+                "image": "i", "resources": {"requests": {"cpu": "100m"}}}]}}}
+        }))
+        .unwrap()
+    }
+
+    fn discovered(cpu: u64, pods: Option<u64>) -> PoolFacts {
+        let mut found = BTreeMap::from([("cpu".to_owned(), cpu)]);
+        if let Some(p) = pods {
+            found.insert(POD_SLOTS.to_owned(), p);
+        }
+        PoolFacts {
+            discovered: Some(found.clone()),
+            largest_node: Some(found),
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn a_member_out_of_pod_slots_takes_no_more_replicas_whatever_cpu_it_has_left() {
+        // The cheap member has CPU for 1,000 replicas but 3 Pod slots; the other does not
+        // count its slots (its Nodes list no `pods`).
+        let mut clouds = vec![
+            cloud(&pool("cheap", "0.01"), &discovered(100_000, Some(3))).unwrap(),
+            cloud(&pool("dear", "0.05"), &discovered(100_000, None)).unwrap(),
+        ];
+        let mut services = vec![service(&small_service(5), BTreeMap::new()).unwrap()];
+        count_pod_slots(&mut clouds, &mut services);
+        assert_eq!(services[0].demand[POD_SLOTS], 1);
+        assert_eq!(clouds[1].capacity[POD_SLOTS], UNCOUNTED_POD_SLOTS);
+        let snapshot = skyloom_solver::Snapshot::new(clouds, services).unwrap();
+        let plan = skyloom_solver::solve(&snapshot, &Default::default()).unwrap();
+        let placed: BTreeMap<&str, u32> = plan.services[0]
+            .placements
+            .iter()
+            .map(|p| (p.cloud.as_str(), p.replicas))
+            .collect();
+        assert_eq!(placed, BTreeMap::from([("cheap", 3), ("dear", 2)]));
+    }
+
+    #[test]
+    fn without_any_counted_pod_slots_nothing_changes() {
+        let mut clouds = vec![cloud(&pool("p", "0.01"), &discovered(1_000, None)).unwrap()];
+        let mut services = vec![service(&small_service(2), BTreeMap::new()).unwrap()];
+        let before = (clouds.clone(), services.clone());
+        count_pod_slots(&mut clouds, &mut services);
+        assert_eq!((clouds, services), before);
     }
 }

@@ -216,6 +216,7 @@ pub(super) async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
             }
         }
     }
+    snapshot::count_pod_slots(&mut clouds, &mut services);
     let snapshot = Snapshot::new(clouds, services)?;
     let options = SolveOptions {
         time_limit: ctx.settings.solver_time_limit,
