@@ -7,7 +7,7 @@
 //! in the store, and nothing is decided from its silence but the failover after the grace
 //! period, which the scheduler owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::config::KubeConfigOptions;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Config};
 use sha2::{Digest, Sha256};
@@ -593,6 +593,11 @@ async fn watch_deployments(
 ) {
     let api: Api<Deployment> = Api::all(client);
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
+    // Until a relist is done the store still holds what was known before it: a relist (after
+    // a 410 or a broken watch) wakes only the services whose Deployments changed, came or
+    // went meanwhile, not every service in the member.
+    let known = writer.as_reader();
+    let mut before_relist: BTreeSet<(String, String)> = BTreeSet::new();
     let stream = reflector::reflector(
         writer,
         watcher::watcher(api, config)
@@ -605,15 +610,30 @@ async fn watch_deployments(
         match item {
             Ok(Event::Init) => {
                 write(&view).synced = false;
+                before_relist = known
+                    .state()
+                    .iter()
+                    .filter_map(|d| owner_of(&d.metadata, &control_plane))
+                    .collect();
             }
             Ok(Event::InitApply(d)) => {
-                if let Some((ns, name)) = owner_of(&d.metadata, &control_plane) {
-                    (notify)(MemberEvent::Service(ns, name));
+                if let Some(owner) = owner_of(&d.metadata, &control_plane) {
+                    let unchanged = known.get(&ObjectRef::from_obj(&d)).is_some_and(|old| {
+                        old.metadata.resource_version.is_some()
+                            && old.metadata.resource_version == d.metadata.resource_version
+                    });
+                    before_relist.remove(&owner);
+                    if !unchanged {
+                        (notify)(MemberEvent::Service(owner.0, owner.1));
+                    }
                 }
             }
             Ok(Event::InitDone) => {
                 write(&view).synced = true;
                 last_error = None;
+                for (ns, name) in std::mem::take(&mut before_relist) {
+                    (notify)(MemberEvent::Service(ns, name));
+                }
                 (notify)(MemberEvent::Member(pool.clone()));
             }
             Ok(Event::Apply(d) | Event::Delete(d)) => {

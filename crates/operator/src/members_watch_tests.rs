@@ -121,3 +121,75 @@ async fn a_watch_ending_with_410_gone_relists_and_the_store_recovers() {
     assert!(!task.is_finished(), "the watch task keeps running");
     task.abort();
 }
+
+fn versioned(name: &str, resource_version: &str) -> serde_json::Value {
+    let mut d = deployment(name);
+    d["metadata"]["resourceVersion"] = resource_version.into();
+    d
+}
+
+fn versioned_list(resource_version: &str, items: &[(&str, &str)]) -> Response<Body> {
+    let doc = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "DeploymentList",
+        "metadata": {"resourceVersion": resource_version},
+        "items": items.iter().map(|(n, rv)| versioned(n, rv)).collect::<Vec<_>>(),
+    });
+    Response::new(Body::from(doc.to_string().into_bytes()))
+}
+
+#[tokio::test]
+async fn a_relist_wakes_only_the_services_whose_deployments_changed_came_or_went() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (_store, writer) = reflector::store::<Deployment>();
+    let view = Arc::new(RwLock::new(MemberView::new("b", None)));
+    let seen: Arc<Mutex<Vec<MemberEvent>>> = Arc::default();
+    let record = seen.clone();
+    let notify: Notify = Arc::new(move |e| record.lock().unwrap().push(e));
+    let task = tokio::spawn(watch_deployments(
+        "b".into(),
+        client,
+        writer,
+        view.clone(),
+        CONTROL_PLANE.into(),
+        notify,
+    ));
+    let service_events = |seen: &Arc<Mutex<Vec<MemberEvent>>>| -> Vec<String> {
+        let mut names: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                MemberEvent::Service(_, name) => Some(name.clone()),
+                MemberEvent::Member(_) => None,
+            })
+            .collect();
+        names.sort();
+        names
+    };
+
+    expect(&mut handle, None)
+        .await
+        .send_response(versioned_list(
+            "10",
+            &[("same", "5"), ("edited", "6"), ("gone", "7")],
+        ));
+    expect(&mut handle, Some("10")).await.send_response(watch_events(&[serde_json::json!({
+        "type": "ERROR",
+        "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                   "message": "too old resource version: 10 (15)", "reason": "Expired", "code": 410},
+    })]));
+    // The first list woke every service once.
+    let relist = expect(&mut handle, None).await;
+    assert_eq!(service_events(&seen), ["edited", "gone", "same"]);
+    seen.lock().unwrap().clear();
+    // Meanwhile "edited" changed, "gone" went and "new" came; "same" did not change.
+    relist.send_response(versioned_list(
+        "20",
+        &[("same", "5"), ("edited", "8"), ("new", "9")],
+    ));
+    let _pending = expect(&mut handle, Some("20")).await;
+    assert_eq!(service_events(&seen), ["edited", "gone", "new"]);
+    assert!(read(&view).synced, "the relist finished");
+    task.abort();
+}
