@@ -229,6 +229,29 @@ async fn main() {
             metric_sum(&metrics, name) - metric_sum(&before_idle, name)
         );
     }
+    // Services not Ready are looked at again every 30 s; say how many and why.
+    let mut readiness: BTreeMap<String, usize> = BTreeMap::new();
+    for ais in Api::<AIService>::all(hub.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+    {
+        let ready = ais
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map_or("no Ready condition".to_owned(), |c| {
+                format!("Ready={} {}", c.status, c.reason)
+            });
+        *readiness.entry(ready).or_default() += 1;
+    }
+    eprintln!("AIServices after the idle window: {readiness:?}");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("skyloom_reconcile_errors_total"))
+    {
+        eprintln!("{line}");
+    }
     let metric = |name: &str| metric_sum(&metrics, name);
     // An empty sum of f64 is -0.0; print counts as integers.
     let errors = metric("skyloom_reconcile_errors_total") as u64;
