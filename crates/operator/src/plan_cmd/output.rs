@@ -191,7 +191,7 @@ pub fn document(plan: &Plan, seconds: f64) -> PlanOutput {
                     .collect();
                 CloudOutput {
                     name: c.name.clone(),
-                    capacity: amounts(&c.capacity),
+                    capacity: amounts(&counted(&c.capacity)),
                     used: amounts(&used),
                     shadow_prices: c.shadow_prices.clone(),
                 }
@@ -318,8 +318,7 @@ pub fn table(plan: &Plan, doc: &PlanOutput) -> String {
         "SHADOW PRICES ($/H PER UNIT)".into(),
     ]];
     for (c, o) in plan.clouds.iter().zip(&doc.clouds) {
-        let used: Vec<String> = c
-            .capacity
+        let used: Vec<String> = counted(&c.capacity)
             .iter()
             .map(|(r, &cap)| {
                 let u =
@@ -384,4 +383,17 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A cloud's capacity without the Pod slots no one counted (see
+/// [`skyloom::snapshot::UNCOUNTED_POD_SLOTS`]): a placeholder for "no limit", not a figure.
+fn counted(capacity: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    capacity
+        .iter()
+        .filter(|(r, v)| {
+            !(r.as_str() == skyloom::capacity::POD_SLOTS
+                && **v == skyloom::snapshot::UNCOUNTED_POD_SLOTS)
+        })
+        .map(|(r, v)| (r.clone(), *v))
+        .collect()
 }
