@@ -1,6 +1,8 @@
 //! Watching a service move between two members: a sampler that reads both members' copies
 //! every ~200 ms and the make-before-break checks over what it saw.
 
+#![allow(clippy::expect_used)] // test support: a failed expectation is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
