@@ -14,7 +14,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use skyloom::identity::MANAGED_SELECTOR;
 use skyloom_api::AIService;
@@ -59,11 +58,6 @@ where
         .unwrap();
 }
 
-/// A namespace labelled as noise, created with `client`.
-async fn noise_namespace(client: &Client, prefix: &str) -> TestNamespace {
-    TestNamespace::create(client, prefix).await.unwrap()
-}
-
 /// A ~1 KiB Secret `name` that nothing references.
 fn noise_secret(name: String) -> serde_json::Value {
     serde_json::json!({
@@ -103,7 +97,7 @@ fn noise_pod(i: usize) -> serde_json::Value {
 /// The noise of one member: a namespace of unrelated Deployments and Pods.
 async fn fill_member(member: &Member) -> TestNamespace {
     let client = member.client().await.unwrap();
-    let ns = noise_namespace(&client, "noise").await;
+    let ns = TestNamespace::create(&client, "noise").await.unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     create_all(
         &deployments,
@@ -234,7 +228,7 @@ async fn the_operator_reads_only_its_own_among_hundreds_of_unrelated_objects() {
     // The hub: unrelated Secrets in namespaces of their own and beside the operator's.
     let mut noise = Vec::new();
     for _ in 0..SECRET_NAMESPACES {
-        let ns = noise_namespace(&hub, "noise").await;
+        let ns = TestNamespace::create(&hub, "noise").await.unwrap();
         let api: Api<Secret> = Api::namespaced(hub.clone(), &ns.name);
         let docs = (0..SECRETS_PER_NAMESPACE)
             .map(|i| noise_secret(format!("noise-{i}")))

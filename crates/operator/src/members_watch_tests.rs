@@ -63,9 +63,18 @@ async fn expect(
     respond
 }
 
-#[tokio::test]
-async fn a_watch_ending_with_410_gone_relists_and_the_store_recovers() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+/// A member Deployment watch running against a mock apiserver, and what it fills.
+struct Watch {
+    handle: mock::Handle<Request<Body>, Response<Body>>,
+    store: reflector::Store<Deployment>,
+    view: Arc<RwLock<MemberView>>,
+    seen: Arc<Mutex<Vec<MemberEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `watch_deployments` for member "b" on a mock client, recording every event.
+fn start_watch() -> Watch {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (store, writer) = reflector::store::<Deployment>();
     let view = Arc::new(RwLock::new(MemberView::new("b", None)));
@@ -80,6 +89,24 @@ async fn a_watch_ending_with_410_gone_relists_and_the_store_recovers() {
         CONTROL_PLANE.into(),
         notify,
     ));
+    Watch {
+        handle,
+        store,
+        view,
+        seen,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn a_watch_ending_with_410_gone_relists_and_the_store_recovers() {
+    let Watch {
+        mut handle,
+        store,
+        view,
+        seen,
+        task,
+    } = start_watch();
 
     expect(&mut handle, None)
         .await
@@ -139,21 +166,13 @@ fn versioned_list(resource_version: &str, items: &[(&str, &str)]) -> Response<Bo
 
 #[tokio::test]
 async fn a_relist_wakes_only_the_services_whose_deployments_changed_came_or_went() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let (_store, writer) = reflector::store::<Deployment>();
-    let view = Arc::new(RwLock::new(MemberView::new("b", None)));
-    let seen: Arc<Mutex<Vec<MemberEvent>>> = Arc::default();
-    let record = seen.clone();
-    let notify: Notify = Arc::new(move |e| record.lock().unwrap().push(e));
-    let task = tokio::spawn(watch_deployments(
-        "b".into(),
-        client,
-        writer,
-        view.clone(),
-        CONTROL_PLANE.into(),
-        notify,
-    ));
+    let Watch {
+        mut handle,
+        view,
+        seen,
+        task,
+        ..
+    } = start_watch();
     let service_events = |seen: &Arc<Mutex<Vec<MemberEvent>>>| -> Vec<String> {
         let mut names: Vec<String> = seen
             .lock()

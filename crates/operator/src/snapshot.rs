@@ -361,11 +361,11 @@ mod tests {
         assert!(err.message.contains("-5"), "{}", err.message);
     }
 
-    fn pool(name: &str, gpu_price: &str) -> CloudPool {
+    fn pool(name: &str, cpu_price: &str) -> CloudPool {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "skyloom.io/v1alpha1", "kind": "CloudPool", "metadata": {"name": name},
             "spec": {"provider": "aws", "region": "us-east-1", "kubeconfigSecretRef": {"name": "s"},
-                     "prices": {"cpu": gpu_price}}
+                     "prices": {"cpu": cpu_price}}
         }))
         .unwrap()
     }
