@@ -59,6 +59,7 @@ pub fn unique_identity() -> String {
 pub struct OperatorHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
 }
 
 impl OperatorHandle {
@@ -102,7 +103,13 @@ impl OperatorHandle {
         Self {
             stop: Some(stop),
             thread: Some(thread),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// How long ago this operator was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Stops the operator and waits for it (a crash-stop: no cleanup happens).

@@ -92,7 +92,8 @@ pub struct MemberView {
     pub not_ready_since: Option<Instant>,
     /// Kubernetes version reported by the member.
     pub version: Option<String>,
-    /// Discovered capacity (None until the first successful discovery).
+    /// Capacity from the last successful discovery (None until the first), kept while the
+    /// member cannot be probed and when its credentials change.
     pub capacity: Option<Capacity>,
     /// Wall-clock time of the last probe.
     pub last_probe: Option<SystemTime>,
@@ -103,13 +104,17 @@ pub struct MemberView {
 }
 
 impl MemberView {
-    fn new(pool: &str, since: Option<Instant>) -> Self {
+    /// A fresh view of `pool`, not Ready. A view that replaces `previous` (the Secret changed
+    /// or went) keeps when the member stopped being Ready and what capacity it last had: the
+    /// member is unknown, not empty, so its running replicas still fit where they are.
+    fn new(pool: &str, previous: Option<&MemberView>) -> Self {
+        let since = previous.and_then(|v| v.not_ready_since);
         Self {
             pool: pool.to_owned(),
             health: Health::Unknown,
             not_ready_since: Some(since.unwrap_or_else(Instant::now)),
             version: None,
-            capacity: None,
+            capacity: previous.and_then(|v| v.capacity.clone()),
             last_probe: None,
             synced: false,
             credentials_expiry: None,
@@ -268,9 +273,7 @@ impl Registry {
             {
                 continue;
             }
-            let since = entries
-                .get(&name)
-                .and_then(|e| read(&e.view).not_ready_since);
+            let previous = entries.get(&name).map(|e| read(&e.view).clone());
             let inherited = entries.get(&name).map(Entry::observed).unwrap_or_default();
             let entry = match bytes {
                 None => {
@@ -279,7 +282,7 @@ impl Registry {
                             "Secret {}/{secret_name} or its key '{key}' not found",
                             self.settings.namespace
                         )),
-                        ..MemberView::new(&name, since)
+                        ..MemberView::new(&name, previous.as_ref())
                     };
                     Entry {
                         fingerprint: None,
@@ -290,7 +293,9 @@ impl Registry {
                         tasks: Vec::new(),
                     }
                 }
-                Some(bytes) => self.start_entry(&name, &bytes, fingerprint, since, inherited),
+                Some(bytes) => {
+                    self.start_entry(&name, &bytes, fingerprint, previous.as_ref(), inherited)
+                }
             };
             entries.insert(name.clone(), entry);
             (self.notify)(MemberEvent::Member(name));
@@ -302,13 +307,13 @@ impl Registry {
         name: &str,
         bytes: &[u8],
         fingerprint: Option<[u8; 32]>,
-        since: Option<Instant>,
+        previous: Option<&MemberView>,
         inherited: Vec<Arc<Deployment>>,
     ) -> Entry {
         let rejected = |health: Health| {
             let view = MemberView {
                 health,
-                ..MemberView::new(name, since)
+                ..MemberView::new(name, previous)
             };
             Entry {
                 fingerprint,
@@ -343,7 +348,7 @@ impl Registry {
         };
         let view = Arc::new(RwLock::new(MemberView {
             credentials_expiry,
-            ..MemberView::new(name, since)
+            ..MemberView::new(name, previous)
         }));
         let (store, writer) = reflector::store();
         let tasks = vec![
