@@ -204,8 +204,6 @@ async fn main() {
     let found = latencies.len();
     let peak_rss_mib = proc_field(pid, "VmHWM:") as f64 / 1024.0;
 
-    // Idle: let status writes settle, then measure CPU over 30 s.
-    tokio::time::sleep(Duration::from_secs(20)).await;
     let ticks_per_s = 100.0;
     let metric_sum = |metrics: &str, name: &str| -> f64 {
         metrics
@@ -214,6 +212,26 @@ async fn main() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    // Idle: the Deployments exist, but the members are still starting Pods and every status
+    // change is a reconcile. Wait until no reconcile happened for 10 s (at most 5 minutes),
+    // then measure CPU over 30 s.
+    let settle_start = Instant::now();
+    let mut last = metric_sum(&reqwest_less_get(port).await, "skyloom_reconciles_total");
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(10)
+        && settle_start.elapsed() < Duration::from_secs(300)
+    {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = metric_sum(&reqwest_less_get(port).await, "skyloom_reconciles_total");
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    eprintln!(
+        "reconciles stopped {:.1} s after the last Deployment appeared",
+        (settle_start.elapsed().saturating_sub(quiet_since.elapsed())).as_secs_f64()
+    );
     let before_idle = reqwest_less_get(port).await;
     let t0 = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(30)).await;
