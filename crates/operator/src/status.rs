@@ -174,7 +174,9 @@ pub fn service_status(f: &ServiceFacts) -> ServiceStatusParts {
     let (mut replicas, mut ready, mut available) = (0u32, 0u32, 0u32);
     let mut summary = Vec::new();
     for (pool, r) in &f.pools {
-        if r.desired == 0 && r.spec == 0 {
+        // A member avoided because the namespace is terminating there keeps its entry, which
+        // says why the service runs elsewhere for as long as it is avoided.
+        if r.desired == 0 && r.spec == 0 && !r.namespace_terminating {
             continue;
         }
         replicas = replicas.saturating_add(r.spec);
@@ -520,6 +522,32 @@ mod tests {
         let s = service_status(&f);
         assert_eq!(get(&s, "Ready").status, "False");
         assert_eq!(get(&s, "Reconciling").status, "True");
+    }
+
+    #[test]
+    fn a_member_avoided_for_a_terminating_namespace_keeps_an_entry_saying_so() {
+        let mut f = ServiceFacts {
+            desired: 1,
+            min_available: 1,
+            unplaced: Some(0),
+            ..Default::default()
+        };
+        f.pools.insert("gcp".into(), pool(1, 1, 1, false));
+        f.pools.insert("idle".into(), pool(0, 0, 0, false));
+        let mut avoided = pool(0, 0, 0, false);
+        avoided.namespace_terminating = true;
+        f.pools.insert("azure".into(), avoided);
+        let s = service_status(&f);
+        let entries: Vec<(&str, Option<&str>)> = s
+            .placements
+            .iter()
+            .map(|p| (p.cloud.as_str(), p.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            entries,
+            [("azure", Some("NamespaceTerminating")), ("gcp", None)]
+        );
+        assert_eq!(get(&s, "Ready").status, "True");
     }
 
     #[test]
