@@ -414,7 +414,7 @@ async fn a_terminating_namespace_in_a_member_is_avoided_until_it_is_gone() {
 
     let api = Api::<AIService>::namespaced(hub.clone(), &ns.name);
     // The member's namespace controller deletes the Deployment first (the operator then
-    // finds the namespace terminating); on a loaded 2-core machine that took over 30 s once.
+    // finds the namespace terminating); that can take a while on a loaded machine.
     eventually(
         Duration::from_secs(60),
         "NamespaceTerminating on azure's entry",
