@@ -85,8 +85,19 @@ pub fn targets(
             out.insert((*p).clone(), current + step);
         }
     }
-    // Scale-downs: keep enough here that available replicas elsewhere plus what stays covers
-    // the desired count (minus the unavailability allowance).
+    // Scale-downs, in name order: keep enough here that the replicas Available elsewhere, at
+    // what each member keeps after the steps already taken, plus what stays here cover the
+    // desired count (minus the unavailability allowance). Counting the other members at what
+    // they keep, not only at their share, lets a surplus spread over several members (a move
+    // that changed its destination halfway) drain one member at a time instead of each
+    // waiting for the other.
+    for p in &pools {
+        if let Some(o) = observed.get(*p).filter(|o| o.observable) {
+            out.entry((*p).clone())
+                .or_insert(o.spec_replicas.unwrap_or(0));
+        }
+    }
+    let floor = limits.desired.saturating_sub(limits.max_unavailable);
     for p in &pools {
         let Some(o) = observed.get(*p).filter(|o| o.observable) else {
             continue;
@@ -94,24 +105,15 @@ pub fn targets(
         let current = o.spec_replicas.unwrap_or(0);
         let target = want(p);
         if target >= current {
-            out.entry((*p).clone()).or_insert(current);
             continue;
         }
-        let elsewhere: u32 = pools
+        let elsewhere: u32 = out
             .iter()
-            .filter(|q| **q != *p)
-            .filter_map(|q| {
-                observed
-                    .get(*q)
-                    .filter(|o| o.observable)
-                    .map(|o| o.available.min(want(q)))
-            })
+            .filter(|(q, _)| q != p)
+            .filter_map(|(q, &keeps)| observed.get(q).map(|o| o.available.min(keeps)))
             .sum();
-        let needed = limits
-            .desired
-            .saturating_sub(limits.max_unavailable)
-            .saturating_sub(elsewhere);
-        out.insert((*p).clone(), target.max(needed).min(current));
+        let keep = target.max(floor.saturating_sub(elsewhere)).min(current);
+        out.insert((*p).clone(), keep);
     }
     out
 }
@@ -268,6 +270,38 @@ mod tests {
     }
 
     #[test]
+    fn a_move_whose_destination_changed_halfway_drains_one_source_at_a_time() {
+        // Two placements ago the service ran in a; the last move surged one replica to b; now
+        // c is the destination. a and b together are at the surge limit: neither may wait
+        // for the other, or nothing ever moves.
+        let desired = map(&[("c", 2)]);
+        let limits = Limits {
+            desired: 2,
+            max_surge: 1,
+            max_unavailable: 0,
+        };
+        let observed = map(&[
+            ("a", obs(Some(2), 2)),
+            ("b", obs(Some(1), 1)),
+            ("c", obs(None, 0)),
+        ]);
+        assert_eq!(
+            targets(&desired, &observed, limits),
+            map(&[("a", 1), ("b", 1), ("c", 0)]),
+            "a gives back the surplus b covers; b stays while a shrinks"
+        );
+        let observed = map(&[
+            ("a", obs(Some(1), 1)),
+            ("b", obs(Some(1), 1)),
+            ("c", obs(None, 0)),
+        ]);
+        assert_eq!(
+            targets(&desired, &observed, limits),
+            map(&[("a", 1), ("b", 1), ("c", 1)])
+        );
+    }
+
+    #[test]
     fn target_that_never_becomes_ready_never_drains_the_source() {
         let desired = map(&[("a", 0), ("b", 4)]);
         let t = targets(
@@ -381,5 +415,101 @@ mod tests {
             pool: "a".into(),
             replicas: 2
         }));
+    }
+
+    mod moves {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One member's Deployment in the simulation: requested and Available replicas.
+        #[derive(Debug, Clone, Copy)]
+        struct Member {
+            spec: Option<u32>,
+            available: u32,
+        }
+
+        fn available(state: &BTreeMap<String, Member>) -> u32 {
+            state
+                .values()
+                .map(|m| m.available.min(m.spec.unwrap_or(0)))
+                .sum()
+        }
+
+        fn held(state: &BTreeMap<String, Member>) -> u32 {
+            state.values().map(|m| m.spec.unwrap_or(0)).sum()
+        }
+
+        fn start() -> impl Strategy<Value = BTreeMap<String, Member>> {
+            proptest::collection::btree_map(
+                "[a-e]",
+                (proptest::option::of(0u32..6), 0u32..6).prop_map(|(spec, extra)| Member {
+                    spec,
+                    available: spec.map_or(0, |s| s.saturating_sub(extra % 3)),
+                }),
+                1..5,
+            )
+        }
+
+        fn placement() -> impl Strategy<Value = BTreeMap<String, u32>> {
+            proptest::collection::btree_map("[a-e]", 0u32..5, 1..4)
+        }
+
+        proptest! {
+            /// From any starting state (several members above their share, as after moves
+            /// that changed destination), the writes reach the placement with every new
+            /// replica becoming Available a step later; on the way, Available replicas never
+            /// drop below the floor once reached, and requested replicas never exceed the
+            /// desired count plus the surge budget unless they already did.
+            #[test]
+            fn moves_converge_without_dropping_below_the_floor(
+                mut state in start(),
+                desired in placement(),
+                max_surge in 1u32..3,
+                max_unavailable in 0u32..2,
+            ) {
+                let want: u32 = desired.values().sum();
+                let limits = Limits { desired: want, max_surge, max_unavailable };
+                let floor = want.saturating_sub(max_unavailable);
+                for step in 0..4 * (want + 10) {
+                    let observed: BTreeMap<String, Observed> = state
+                        .iter()
+                        .map(|(p, m)| (p.clone(), obs(m.spec, m.available)))
+                        .chain(
+                            desired
+                                .keys()
+                                .filter(|p| !state.contains_key(*p))
+                                .map(|p| (p.clone(), obs(None, 0))),
+                        )
+                        .collect();
+                    let t = targets(&desired, &observed, limits);
+                    let (before, held_before) = (available(&state), held(&state));
+                    for (p, n) in &t {
+                        let m = state.entry(p.clone()).or_insert(Member { spec: None, available: 0 });
+                        // A ReplicaSet removes replicas that are not Available first.
+                        m.available = m.available.min(*n);
+                        m.spec = Some(*n);
+                    }
+                    let after = available(&state);
+                    prop_assert!(
+                        after >= before.min(floor),
+                        "step {step}: Available fell from {before} to {after} (floor {floor}): {state:?}"
+                    );
+                    prop_assert!(
+                        held(&state) <= held_before.max(want + max_surge),
+                        "step {step}: {} requested, limit {}", held(&state), want + max_surge
+                    );
+                    let done = desired.iter().all(|(p, n)| state.get(p).and_then(|m| m.spec).unwrap_or(0) == *n)
+                        && state.iter().all(|(p, m)| desired.contains_key(p) || m.spec.unwrap_or(0) == 0);
+                    if done {
+                        return Ok(());
+                    }
+                    // Every requested replica is Available by the next step.
+                    for m in state.values_mut() {
+                        m.available = m.spec.unwrap_or(0);
+                    }
+                }
+                prop_assert!(false, "no convergence: {state:?} for {desired:?}");
+            }
+        }
     }
 }
