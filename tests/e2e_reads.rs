@@ -40,6 +40,8 @@ const NOISE_LABEL: &str = "skyloom.io/e2e-noise";
 /// startup's.
 const STARTUP_WINDOW: Duration = Duration::from_secs(25);
 const SERVICES: [&str; 2] = ["llm-a", "llm-b"];
+/// The member with the lowest GPU price under `register_priced_members`.
+const CHEAPEST: &str = "azure-eastus";
 
 /// Creates every object of `docs` in `api`, 16 at a time.
 async fn create_all<K>(api: &Api<K>, docs: Vec<serde_json::Value>)
@@ -293,6 +295,24 @@ async fn the_operator_reads_only_its_own_among_hundreds_of_unrelated_objects() {
     // E3: reads in every member.
     for m in tb.members() {
         check_member_reads(m.name(), &requests_by(m, &replica));
+    }
+
+    // The first decisions waited until every member was listed and probed: the cheapest
+    // member has room for both services, so no replica was ever started anywhere else (a
+    // member that answered first used to get them, and the moves that followed could stall).
+    for m in tb.members().iter().filter(|m| m.name() != CHEAPEST) {
+        let requests = requests_by(m, &replica);
+        let writes: Vec<&AuditRequest> = requests
+            .iter()
+            .filter(|r| r.resource() == "deployments")
+            .filter(|r| matches!(r.verb.as_str(), "create" | "patch" | "update"))
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "{}: the operator wrote Deployments there, not only in {CHEAPEST}:\n{}",
+            m.name(),
+            show(&writes)
+        );
     }
 
     // E5: at startup, one LIST per kind the operator reads: on the hub AIServices, CloudPools

@@ -126,6 +126,13 @@ impl MemberView {
     pub fn observable(&self) -> bool {
         self.health == Health::Ready && self.synced
     }
+
+    /// Whether the member is known since the connection (re)started: its Deployments have been
+    /// listed and its first probe has an answer, so its health and capacity are facts, not
+    /// defaults.
+    pub fn known(&self) -> bool {
+        self.synced && self.health != Health::Unknown
+    }
 }
 
 /// Something changed that others must react to.

@@ -125,17 +125,19 @@ fn avoid(
 pub(super) async fn decide(ctx: &Context) -> anyhow::Result<Vec<Key>> {
     let views = ctx.registry.views();
     // Right after start, a member whose Deployments have not been listed yet is unknown, not
-    // empty: deciding now could place its replicas a second time elsewhere. Wait for every
-    // member to be listed, at most for the startup grace period.
+    // empty: deciding now could place its replicas a second time elsewhere. A member not yet
+    // probed would be left out as if unhealthy, and the first decisions would go to whichever
+    // member answered first, only to move once the others do. Wait for every member to be
+    // listed and probed, at most for the startup grace period.
     let unknown: Vec<&String> = views
         .iter()
-        .filter(|(_, v)| !v.synced)
+        .filter(|(_, v)| !v.known())
         .map(|(k, _)| k)
         .collect();
     if !unknown.is_empty() && ctx.started.elapsed() < STARTUP_GRACE {
         tracing::debug!(
             ?unknown,
-            "waiting for members to be listed before the first decisions"
+            "waiting for members to be listed and probed before the first decisions"
         );
         ctx.schedule_soon
             .store(true, std::sync::atomic::Ordering::SeqCst);
