@@ -16,9 +16,15 @@ pub enum QuantityError {
     /// Too large for the solver's integer units.
     #[error("'{0}' is too large")]
     TooLarge(String),
+    /// A fraction of a resource counted in whole units (GPUs and other extended resources,
+    /// Pod slots): Kubernetes refuses such requests, and a fractional capacity means nothing.
+    #[error("'{0}' is not a whole number, and {1} is counted in whole units")]
+    Fractional(String, String),
 }
 
-/// Converts `text` for `resource` into base units, rounding up.
+/// Converts `text` for `resource` into base units, rounding a fraction of a millicore or a
+/// byte up as Kubernetes does; a fraction of a whole-unit resource (`nvidia.com/gpu: "2.5"`)
+/// is an error.
 pub fn to_base_units(resource: &str, text: &str) -> Result<u64, QuantityError> {
     let s = text.trim();
     let syntax = || QuantityError::Syntax(text.to_owned());
@@ -88,6 +94,12 @@ pub fn to_base_units(resource: &str, text: &str) -> Result<u64, QuantityError> {
         let divisor = 10i128
             .checked_pow(u32::try_from(-exp10).map_err(|_| too_large())?)
             .unwrap_or(i128::MAX);
+        if value % divisor != 0 && resource != units::CPU && !units::is_byte_resource(resource) {
+            return Err(QuantityError::Fractional(
+                text.to_owned(),
+                resource.to_owned(),
+            ));
+        }
         value = (value + divisor - 1) / divisor; // round up, as Kubernetes does for requests
     }
     u64::try_from(value).map_err(|_| too_large())
@@ -113,6 +125,26 @@ mod tests {
             "rounded up to a millicore"
         );
         assert_eq!(to_base_units("memory", "0").unwrap(), 0);
+        assert_eq!(
+            to_base_units("memory", "1.5").unwrap(),
+            2,
+            "rounded up to a byte"
+        );
+        assert_eq!(to_base_units("nvidia.com/gpu", "2000m").unwrap(), 2);
+        assert_eq!(to_base_units("nvidia.com/gpu", "1.0").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_fraction_of_a_whole_unit_resource_is_refused() {
+        for bad in ["2.5", "500m", "0.1", "1e-1"] {
+            let e = to_base_units("nvidia.com/gpu", bad).unwrap_err();
+            assert_eq!(
+                e,
+                QuantityError::Fractional(bad.to_owned(), "nvidia.com/gpu".to_owned())
+            );
+            assert!(e.to_string().contains("whole units"), "{e}");
+        }
+        assert!(to_base_units("pods", "1.5").is_err());
     }
 
     #[test]

@@ -297,6 +297,57 @@ fn errors_name_file_document_object_and_field() {
     let missing = dir.0.join("missing.yaml");
     let message = error(&args(vec![missing], Format::Table));
     assert!(message.contains("missing.yaml"), "{message}");
+
+    let version = dir.write(
+        "version.yaml",
+        &POOLS.replacen("skyloom.io/v1alpha1", "skyloom.io/v1", 1),
+    );
+    let message = error(&args(vec![version], Format::Table));
+    for part in [
+        "document 1",
+        "CloudPool \"aws\"",
+        "apiVersion",
+        "skyloom.io/v1alpha1",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    let unnamed = dir.write(
+        "unnamed.yaml",
+        &POOLS.replacen("name: aws", "name: \"\"", 1),
+    );
+    let message = error(&args(vec![unnamed], Format::Table));
+    for part in [
+        "document 1",
+        "CloudPool",
+        "metadata.name: must not be empty",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    let half_gpu = dir.write(
+        "half.yaml",
+        &format!(
+            "{POOLS}{}",
+            service("chat", 1, 1).replace("nvidia.com/gpu: \"1\"", "nvidia.com/gpu: \"0.5\"")
+        ),
+    );
+    let message = error(&args(vec![half_gpu], Format::Table));
+    for part in ["ml/chat", "requests[nvidia.com/gpu]", "whole units"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    let fractional_capacity = dir.write(
+        "capacity.yaml",
+        &POOLS.replacen("nvidia.com/gpu: \"2\"", "nvidia.com/gpu: \"2.5\"", 1),
+    );
+    let message = error(&args(vec![fractional_capacity], Format::Table));
+    for part in [
+        "CloudPool aws",
+        "spec.capacity[nvidia.com/gpu]",
+        "whole units",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
 }
 
 #[test]
