@@ -273,6 +273,29 @@ fn read_value(
     let kind = header.kind.clone().unwrap_or_default();
     let api_version = header.api_version.clone().unwrap_or_default();
     let meta = header.metadata.unwrap_or_default();
+    let ours = match kind.as_str() {
+        "CloudPool" => Some("CloudPool"),
+        "AIService" => Some("AIService"),
+        _ => None,
+    }
+    .filter(|_| api_version.split('/').next() == Some(skyloom_api::GROUP));
+    if let Some(ours) = ours {
+        let invalid = |message: String| InputError::Invalid {
+            origin: origin.clone(),
+            kind: ours,
+            name: meta.name.clone().unwrap_or_default(),
+            message,
+        };
+        let served = format!("{}/{}", skyloom_api::GROUP, skyloom_api::VERSION);
+        if api_version != served {
+            return Err(invalid(format!(
+                "apiVersion: {api_version:?} is not served; use {served:?}"
+            )));
+        }
+        if meta.name.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid("metadata.name: must not be empty".to_owned()));
+        }
+    }
     match (api_version.split('/').next(), kind.as_str()) {
         (Some("skyloom.io"), "CloudPool") => {
             let name = meta.name.unwrap_or_default();
