@@ -54,7 +54,9 @@ fn main() -> ExitCode {
 /// settings added as flags (flags and environment variables keep precedence).
 fn parse_with_settings_file() -> Result<Cli, skyloom::config_file::ConfigFileError> {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = Cli::command().get_matches_from(&argv);
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| usage_exit(e));
     if let Some(("run", run)) = matches.subcommand()
         && let Some(path) = run.get_one::<PathBuf>("config")
     {
@@ -67,7 +69,7 @@ fn parse_with_settings_file() -> Result<Cli, skyloom::config_file::ConfigFileErr
             .try_get_matches_from(&argv)
             .unwrap_or_else(|e| {
                 eprintln!("(settings were read from {})", path.display());
-                e.exit()
+                usage_exit(e)
             });
         return Ok(parse_or_exit(&with_file));
     }
@@ -75,5 +77,18 @@ fn parse_with_settings_file() -> Result<Cli, skyloom::config_file::ConfigFileErr
 }
 
 fn parse_or_exit(matches: &clap::ArgMatches) -> Cli {
-    Cli::from_arg_matches(matches).unwrap_or_else(|e| e.exit())
+    Cli::from_arg_matches(matches).unwrap_or_else(|e| usage_exit(e))
+}
+
+/// Exit status of a command line that could not be parsed (sysexits' `EX_USAGE`): not 2,
+/// which `skyloom plan` uses for "some replicas unplaced".
+const USAGE_ERROR: i32 = 64;
+
+/// Prints clap's message and exits: 0 for `--help` and `--version`, [`USAGE_ERROR`] otherwise.
+fn usage_exit(e: clap::Error) -> ! {
+    if e.use_stderr() {
+        let _ = e.print();
+        std::process::exit(USAGE_ERROR);
+    }
+    e.exit()
 }
