@@ -341,8 +341,8 @@ async fn up(spec: TestbedSpec, output: Output, supervise: bool) -> anyhow::Resul
     }
     // Dropping the last reference kills every process and removes the work directory.
     drop(testbed);
-    let _ = std::fs::remove_file(state.join("ready.json"));
-    let _ = std::fs::remove_file(&socket);
+    // A clean stop leaves nothing behind; a failed start keeps failed.txt and the log.
+    let _ = std::fs::remove_dir_all(&state);
     Ok(ExitCode::SUCCESS)
 }
 
