@@ -101,6 +101,13 @@ fn json(rendered: &Rendered) -> serde_json::Value {
     serde_json::from_str(&rendered.text).expect("JSON output")
 }
 
+/// Asserts that `message` contains every one of `parts`.
+fn assert_mentions(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+}
+
 fn error(args: &PlanArgs) -> String {
     match execute(args) {
         Ok(rendered) => panic!("expected an error, got {}", rendered.text),
@@ -234,14 +241,15 @@ fn errors_name_file_document_object_and_field() {
     let dir = TempDir::new();
     let bad_price = dir.write("price.yaml", &POOLS.replace("\"0.04\"", "\"NaN\""));
     let message = error(&args(vec![bad_price], Format::Table));
-    for part in [
-        "price.yaml",
-        "document 1",
-        "CloudPool aws",
-        "spec.prices[cpu]",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &[
+            "price.yaml",
+            "document 1",
+            "CloudPool aws",
+            "spec.prices[cpu]",
+        ],
+    );
 
     let bad_quantity = dir.write(
         "quantity.yaml",
@@ -251,14 +259,15 @@ fn errors_name_file_document_object_and_field() {
         ),
     );
     let message = error(&args(vec![bad_quantity], Format::Table));
-    for part in [
-        "quantity.yaml",
-        "document 4",
-        "ml/chat",
-        "resources.requests[memory]",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &[
+            "quantity.yaml",
+            "document 4",
+            "ml/chat",
+            "resources.requests[memory]",
+        ],
+    );
 
     let unknown_kind = dir.write(
         "kind.yaml",
@@ -303,27 +312,29 @@ fn errors_name_file_document_object_and_field() {
         &POOLS.replacen("skyloom.io/v1alpha1", "skyloom.io/v1", 1),
     );
     let message = error(&args(vec![version], Format::Table));
-    for part in [
-        "document 1",
-        "CloudPool \"aws\"",
-        "apiVersion",
-        "skyloom.io/v1alpha1",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &[
+            "document 1",
+            "CloudPool \"aws\"",
+            "apiVersion",
+            "skyloom.io/v1alpha1",
+        ],
+    );
 
     let unnamed = dir.write(
         "unnamed.yaml",
         &POOLS.replacen("name: aws", "name: \"\"", 1),
     );
     let message = error(&args(vec![unnamed], Format::Table));
-    for part in [
-        "document 1",
-        "CloudPool",
-        "metadata.name: must not be empty",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &[
+            "document 1",
+            "CloudPool",
+            "metadata.name: must not be empty",
+        ],
+    );
 
     let half_gpu = dir.write(
         "half.yaml",
@@ -333,21 +344,23 @@ fn errors_name_file_document_object_and_field() {
         ),
     );
     let message = error(&args(vec![half_gpu], Format::Table));
-    for part in ["ml/chat", "requests[nvidia.com/gpu]", "whole units"] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &["ml/chat", "requests[nvidia.com/gpu]", "whole units"],
+    );
     let fractional_capacity = dir.write(
         "capacity.yaml",
         &POOLS.replacen("nvidia.com/gpu: \"2\"", "nvidia.com/gpu: \"2.5\"", 1),
     );
     let message = error(&args(vec![fractional_capacity], Format::Table));
-    for part in [
-        "CloudPool aws",
-        "spec.capacity[nvidia.com/gpu]",
-        "whole units",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
-    }
+    assert_mentions(
+        &message,
+        &[
+            "CloudPool aws",
+            "spec.capacity[nvidia.com/gpu]",
+            "whole units",
+        ],
+    );
 }
 
 #[test]
