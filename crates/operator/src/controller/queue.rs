@@ -1,7 +1,9 @@
 //! The service work queue: first in, first out, each key at most once, never handed to two
 //! workers at a time, and at most one delayed look-again per key. First in, first out keeps a
 //! burst fair: a service created early is not overtaken again and again by services whose own
-//! status writes keep requeueing them. One delayed entry per key, replaced by the latest
+//! status writes keep requeueing them. Services whose placement just changed have a lane of
+//! their own, taken first: writing a new placement to the members is what users wait for,
+//! while the status refreshes that member Deployments' progress causes can wait a little. One delayed entry per key, replaced by the latest
 //! reconcile's answer, keeps a service that needed many passes from being looked at again once
 //! per pass long after it converged.
 
@@ -17,6 +19,9 @@ use super::Key;
 struct State {
     /// Keys waiting, oldest first; each at most once (mirrored by `queued`).
     order: VecDeque<Key>,
+    /// Keys whose placement changed, oldest first, taken before `order`; a key is in at most
+    /// one of the two.
+    placements: VecDeque<Key>,
     queued: BTreeSet<Key>,
     /// Keys a worker is processing now.
     active: BTreeSet<Key>,
@@ -29,6 +34,18 @@ impl State {
         if self.queued.insert(key.clone()) {
             self.order.push_back(key);
         }
+    }
+
+    fn enqueue_placement(&mut self, key: Key) {
+        if self.placements.contains(&key) {
+            return;
+        }
+        if !self.queued.insert(key.clone())
+            && let Some(i) = self.order.iter().position(|k| *k == key)
+        {
+            self.order.remove(i);
+        }
+        self.placements.push_back(key);
     }
 
     /// Moves due delayed keys to the queue; returns when the next one is due.
@@ -47,8 +64,14 @@ impl State {
     }
 
     fn take(&mut self) -> Option<Key> {
-        let i = self.order.iter().position(|k| !self.active.contains(k))?;
-        let key = self.order.remove(i)?;
+        let free = |q: &VecDeque<Key>| q.iter().position(|k| !self.active.contains(k));
+        let key = match free(&self.placements) {
+            Some(i) => self.placements.remove(i)?,
+            None => {
+                let i = free(&self.order)?;
+                self.order.remove(i)?
+            }
+        };
         self.queued.remove(&key);
         self.active.insert(key.clone());
         Some(key)
@@ -70,6 +93,13 @@ impl WorkQueue {
     /// Queues `key` now (once, however often it is pushed before a worker takes it).
     pub fn push(&self, key: Key) {
         self.lock().enqueue(key);
+        self.notify.notify_one();
+    }
+
+    /// Queues `key`, whose placement changed, ahead of the refreshes (once; a refresh of it
+    /// already waiting moves up).
+    pub fn push_placement(&self, key: Key) {
+        self.lock().enqueue_placement(key);
         self.notify.notify_one();
     }
 
@@ -143,6 +173,24 @@ mod tests {
         assert_eq!(q.pop().await, k("b"), "a is still being processed");
         q.done(&k("a"));
         assert_eq!(q.pop().await, k("a"));
+    }
+
+    #[tokio::test]
+    async fn changed_placements_pass_waiting_refreshes() {
+        let q = WorkQueue::default();
+        for name in ["a", "b", "c"] {
+            q.push(k(name));
+        }
+        q.push_placement(k("new"));
+        q.push_placement(k("c"));
+        q.push_placement(k("c"));
+        q.push(k("c"));
+        assert_eq!(q.pop().await, k("new"));
+        assert_eq!(q.pop().await, k("c"), "moved up once, not queued twice");
+        assert_eq!(q.pop().await, k("a"));
+        assert_eq!(q.pop().await, k("b"));
+        let s = q.lock();
+        assert!(s.order.is_empty() && s.placements.is_empty() && s.queued.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,7 +32,7 @@ pub async fn scheduler(ctx: Arc<Context>) {
                 ctx.metrics.observe_solve(start.elapsed(), true);
                 sweep_orphans(&ctx).await;
                 for key in changed {
-                    ctx.queue.push(key);
+                    ctx.queue.push_placement(key);
                 }
             }
             Err(e) => {
