@@ -92,6 +92,50 @@ impl ReconcileError {
     }
 }
 
+fn has_finalizer(ais: &AIService) -> bool {
+    ais.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds Skyloom's finalizer, guarded by the resourceVersion so no other finalizer is lost. The
+/// cached object can be behind the hub (the watch lags under load, and this reconcile may
+/// follow one that already added it): on a conflict the object is read afresh and, if the
+/// finalizer is still missing, patched once more against that version.
+async fn add_finalizer(
+    api: &Api<AIService>,
+    cached: &AIService,
+) -> Result<Arc<AIService>, ReconcileError> {
+    let patch = |ais: &AIService| {
+        let mut finalizers = ais.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ais.resource_version()}})
+    };
+    let name = cached.name_any();
+    match api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch(cached)),
+        )
+        .await
+    {
+        Ok(updated) => return Ok(Arc::new(updated)),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(ReconcileError::Hub(e)),
+    }
+    let fresh = api.get(&name).await.map_err(ReconcileError::Hub)?;
+    if has_finalizer(&fresh) {
+        return Ok(Arc::new(fresh));
+    }
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&patch(&fresh)),
+    )
+    .await
+    .map(Arc::new)
+    .map_err(ReconcileError::Hub)
+}
+
 /// Reconciles one AIService; returns when to look again if not converged.
 pub(super) async fn reconcile(
     ctx: &Context,
@@ -106,17 +150,10 @@ pub(super) async fn reconcile(
     }
     // The finalizer goes on before anything exists in a member; the updated object is used
     // for the rest of this pass (no extra round through the queue).
-    let ais = if ais.finalizers().iter().any(|f| f == FINALIZER) {
+    let ais = if has_finalizer(&ais) {
         ais
     } else {
-        let mut finalizers = ais.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ais.resource_version()}});
-        let updated = api
-            .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(ReconcileError::Hub)?;
-        Arc::new(updated)
+        add_finalizer(&api, &ais).await?
     };
     let decision = ctx.decision(key);
     let views = ctx.registry.views();
@@ -317,4 +354,104 @@ pub(super) async fn reconcile(
     write_service_status(ctx, &ais, &api, &facts, parts, decision.as_ref()).await?;
     // Member watches trigger reconciles as Deployments change; this is only a safety net.
     Ok((!converged).then_some(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The finalizer's conflict path, against a tower-test mock hub (exact call sequence).
+
+    use http::{Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use tower_test::mock;
+
+    use super::*;
+
+    fn service(resource_version: &str, finalizers: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "skyloom.io/v1alpha1", "kind": "AIService",
+            "metadata": {"name": "llm", "namespace": "ml", "resourceVersion": resource_version,
+                         "finalizers": finalizers},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+        })
+    }
+
+    fn answer(code: u16, body: serde_json::Value) -> Response<Body> {
+        let mut r = Response::new(Body::from(body.to_string().into_bytes()));
+        *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+        r
+    }
+
+    fn conflict() -> Response<Body> {
+        answer(
+            409,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+        )
+    }
+
+    /// The next request: its method, path and body.
+    async fn next(
+        handle: &mut mock::Handle<Request<Body>, Response<Body>>,
+    ) -> (
+        http::Method,
+        String,
+        serde_json::Value,
+        mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (parts.method, parts.uri.path().to_owned(), json, respond)
+    }
+
+    const PATH: &str = "/apis/skyloom.io/v1alpha1/namespaces/ml/aiservices/llm";
+
+    #[tokio::test]
+    async fn a_stale_cache_that_misses_the_finalizer_costs_a_read_not_an_error() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<AIService> = Api::namespaced(Client::new(svc, "ml"), "ml");
+        let cached: AIService = serde_json::from_value(service("1", &["other.io/keep"])).unwrap();
+        let call = tokio::spawn(async move { add_finalizer(&api, &cached).await });
+
+        let (method, path, body, respond) = next(&mut handle).await;
+        assert_eq!((method, path.as_str()), (http::Method::PATCH, PATH));
+        assert_eq!(body["metadata"]["resourceVersion"], "1");
+        assert_eq!(
+            body["metadata"]["finalizers"],
+            serde_json::json!(["other.io/keep", FINALIZER])
+        );
+        respond.send_response(conflict());
+        // The hub already has it (an earlier reconcile added it): read, and nothing more.
+        let (method, path, _, respond) = next(&mut handle).await;
+        assert_eq!((method, path.as_str()), (http::Method::GET, PATH));
+        respond.send_response(answer(200, service("3", &["other.io/keep", FINALIZER])));
+        let fresh = call.await.unwrap().expect("no error");
+        assert_eq!(fresh.resource_version().as_deref(), Some("3"));
+        assert!(has_finalizer(&fresh));
+    }
+
+    #[tokio::test]
+    async fn a_finalizer_someone_else_added_meanwhile_is_kept() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<AIService> = Api::namespaced(Client::new(svc, "ml"), "ml");
+        let cached: AIService = serde_json::from_value(service("1", &[])).unwrap();
+        let call = tokio::spawn(async move { add_finalizer(&api, &cached).await });
+
+        let (_, _, _, respond) = next(&mut handle).await;
+        respond.send_response(conflict());
+        let (_, _, _, respond) = next(&mut handle).await;
+        respond.send_response(answer(200, service("2", &["other.io/keep"])));
+        // Patched against the fresh version, with the other finalizer kept.
+        let (method, path, body, respond) = next(&mut handle).await;
+        assert_eq!((method, path.as_str()), (http::Method::PATCH, PATH));
+        assert_eq!(body["metadata"]["resourceVersion"], "2");
+        assert_eq!(
+            body["metadata"]["finalizers"],
+            serde_json::json!(["other.io/keep", FINALIZER])
+        );
+        respond.send_response(answer(200, service("3", &["other.io/keep", FINALIZER])));
+        assert!(has_finalizer(&call.await.unwrap().expect("no error")));
+    }
 }
