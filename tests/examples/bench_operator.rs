@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -155,6 +155,7 @@ async fn main() {
     eprintln!("creating {n} AIServices...");
     let busy_before = cpu_ticks(pid);
     let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let created_at: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
     let start = Instant::now();
     // Steady arrival: the i-th create starts at i / rate seconds.
     let pace = rate.map(|r| Duration::from_secs_f64(1.0 / r));
@@ -163,6 +164,7 @@ async fn main() {
             let not_before = pace.map(|p| start + p * u32::try_from(i).unwrap());
             let hub = hub.clone();
             let created = created.clone();
+            let created_at = created_at.clone();
             async move {
                 if let Some(t) = not_before {
                     tokio::time::sleep_until(t.into()).await;
@@ -178,6 +180,7 @@ async fn main() {
                 .unwrap();
                 Api::<AIService>::namespaced(hub, &ns).create(&PostParams::default(), &ais).await.unwrap();
                 created.lock().unwrap().insert(format!("{ns}/{name}"), Instant::now());
+                created_at.lock().unwrap().insert(format!("{ns}/{name}"), SystemTime::now());
             }
         })
         .await;
@@ -278,6 +281,23 @@ async fn main() {
     let reconciles = metric("skyloom_reconciles_total");
     let _ = op.kill();
     let _ = op.wait();
+    // The operator's warnings outlive the testbed's work directory; failed reconciles are
+    // summarised by message (service names cut off).
+    let kept = std::path::Path::new("target/bench-operator");
+    let _ = std::fs::create_dir_all(kept);
+    let _ = std::fs::copy(
+        tb.work_dir().join("operator.log"),
+        kept.join("operator.log"),
+    );
+    let log_text = std::fs::read_to_string(kept.join("operator.log")).unwrap_or_default();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log_text.lines().filter(|l| l.contains("reconcile failed")) {
+        let why = line.rsplit(": ").next().unwrap_or(line);
+        *failures.entry(why.chars().take(120).collect()).or_default() += 1;
+    }
+    eprintln!(
+        "failed reconciles by message (log in target/bench-operator/operator.log): {failures:?}"
+    );
     eprintln!("hub API requests (verb resource/subresource: count):");
     for (k, v) in request_counts(&hub).await {
         eprintln!("  {k}: {v}");
@@ -304,6 +324,46 @@ async fn main() {
         } else {
             0.0
         }
+    );
+    // Where the latency goes, from the members' audit logs: the create's answer to the
+    // operator's first write of that Deployment arriving at the member (the hub's watch, the
+    // operator's queue, solve and reconcile), then the member API server's handling of it.
+    let created_at = created_at.lock().unwrap().clone();
+    let mut first_write: BTreeMap<String, (SystemTime, SystemTime)> = BTreeMap::new();
+    for m in tb.members() {
+        for r in m.audit_requests().unwrap_or_default() {
+            if r.resource() != "deployments"
+                || !matches!(r.verb.as_str(), "create" | "patch")
+                || !r.from_agent("skyloom/")
+            {
+                continue;
+            }
+            let key = format!("{}/{}", r.namespace(), r.name());
+            let seen = (r.received(), r.completed());
+            first_write
+                .entry(key)
+                .and_modify(|w| *w = (*w).min(seen))
+                .or_insert(seen);
+        }
+    }
+    let mut to_member = Vec::new();
+    let mut in_member = Vec::new();
+    for (key, (received, done)) in &first_write {
+        if let Some(c) = created_at.get(key) {
+            to_member.push(received.duration_since(*c).unwrap_or_default());
+            in_member.push(done.duration_since(*received).unwrap_or_default());
+        }
+    }
+    to_member.sort();
+    in_member.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "latency parts over {} Deployments: create -> operator's write at the member p50 {:.0} ms, p99 {:.0} ms; the member API server's handling of that write p50 {:.0} ms, p99 {:.0} ms",
+        to_member.len(),
+        ms(percentile(&to_member, 0.5)),
+        ms(percentile(&to_member, 0.99)),
+        ms(percentile(&in_member, 0.5)),
+        ms(percentile(&in_member, 0.99)),
     );
     let arrival = rate.map_or("burst".to_owned(), |r| format!("{r}/s"));
     println!(
