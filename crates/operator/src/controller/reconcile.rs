@@ -408,20 +408,36 @@ mod tests {
 
     const PATH: &str = "/apis/skyloom.io/v1alpha1/namespaces/ml/aiservices/llm";
 
-    #[tokio::test]
-    async fn a_stale_cache_that_misses_the_finalizer_costs_a_read_not_an_error() {
-        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<AIService> = Api::namespaced(Client::new(svc, "ml"), "ml");
-        let cached: AIService = serde_json::from_value(service("1", &["other.io/keep"])).unwrap();
-        let call = tokio::spawn(async move { add_finalizer(&api, &cached).await });
+    type Hub = mock::Handle<Request<Body>, Response<Body>>;
+    type Call = tokio::task::JoinHandle<Result<Arc<AIService>, ReconcileError>>;
 
-        let (method, path, body, respond) = next(&mut handle).await;
-        assert_eq!((method, path.as_str()), (http::Method::PATCH, PATH));
-        assert_eq!(body["metadata"]["resourceVersion"], "1");
+    /// `add_finalizer` on `cached` (resourceVersion "1"), running against a mock hub.
+    fn start(finalizers: &[&str]) -> (Hub, Call) {
+        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<AIService> = Api::namespaced(Client::new(svc, "ml"), "ml");
+        let cached: AIService = serde_json::from_value(service("1", finalizers)).unwrap();
+        (
+            handle,
+            tokio::spawn(async move { add_finalizer(&api, &cached).await }),
+        )
+    }
+
+    /// Checks that the request is the finalizer patch against `resource_version`, keeping
+    /// the other finalizer.
+    fn assert_patch(method: http::Method, path: &str, body: &serde_json::Value, rv: &str) {
+        assert_eq!((method, path), (http::Method::PATCH, PATH));
+        assert_eq!(body["metadata"]["resourceVersion"], rv);
         assert_eq!(
             body["metadata"]["finalizers"],
             serde_json::json!(["other.io/keep", FINALIZER])
         );
+    }
+
+    #[tokio::test]
+    async fn a_stale_cache_that_misses_the_finalizer_costs_a_read_not_an_error() {
+        let (mut handle, call) = start(&["other.io/keep"]);
+        let (method, path, body, respond) = next(&mut handle).await;
+        assert_patch(method, &path, &body, "1");
         respond.send_response(conflict());
         // The hub already has it (an earlier reconcile added it): read, and nothing more.
         let (method, path, _, respond) = next(&mut handle).await;
@@ -434,23 +450,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_finalizer_someone_else_added_meanwhile_is_kept() {
-        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<AIService> = Api::namespaced(Client::new(svc, "ml"), "ml");
-        let cached: AIService = serde_json::from_value(service("1", &[])).unwrap();
-        let call = tokio::spawn(async move { add_finalizer(&api, &cached).await });
-
+        let (mut handle, call) = start(&[]);
         let (_, _, _, respond) = next(&mut handle).await;
         respond.send_response(conflict());
         let (_, _, _, respond) = next(&mut handle).await;
         respond.send_response(answer(200, service("2", &["other.io/keep"])));
         // Patched against the fresh version, with the other finalizer kept.
         let (method, path, body, respond) = next(&mut handle).await;
-        assert_eq!((method, path.as_str()), (http::Method::PATCH, PATH));
-        assert_eq!(body["metadata"]["resourceVersion"], "2");
-        assert_eq!(
-            body["metadata"]["finalizers"],
-            serde_json::json!(["other.io/keep", FINALIZER])
-        );
+        assert_patch(method, &path, &body, "2");
         respond.send_response(answer(200, service("3", &["other.io/keep", FINALIZER])));
         assert!(has_finalizer(&call.await.unwrap().expect("no error")));
     }
