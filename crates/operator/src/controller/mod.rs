@@ -127,6 +127,9 @@ pub struct Context {
 /// How long the first decisions wait for every member's Deployments to be listed.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a service's member Deployment changes are gathered before it is reconciled.
+pub const MEMBER_CHANGE_BATCH: Duration = Duration::from_millis(500);
+
 impl Context {
     /// A context over started reflectors.
     pub fn new(
@@ -170,10 +173,15 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reacts to a member event: services to the queue, member changes to the scheduler.
+    /// Reacts to a member event: services to the queue, member changes to the scheduler. A
+    /// member Deployment reports a rollout in several status updates within a second; the
+    /// service is looked at once they are in (at most [`MEMBER_CHANGE_BATCH`] later), not once
+    /// per update, each a status write to the hub.
     pub fn on_member_event(&self, event: MemberEvent) {
         match event {
-            MemberEvent::Service(ns, name) => self.queue.push((ns, name)),
+            MemberEvent::Service(ns, name) => {
+                self.queue.push_within((ns, name), MEMBER_CHANGE_BATCH)
+            }
             MemberEvent::Member(_) => self.schedule.notify_one(),
         }
     }

@@ -27,6 +27,9 @@ struct State {
     active: BTreeSet<Key>,
     /// When each key is to be looked at again.
     delayed: BTreeMap<Key, Instant>,
+    /// Keys whose member changes are being gathered, and when the batch ends; apart from
+    /// `delayed`, which the reconcile's own answer replaces.
+    batched: BTreeMap<Key, Instant>,
 }
 
 impl State {
@@ -50,17 +53,25 @@ impl State {
 
     /// Moves due delayed keys to the queue; returns when the next one is due.
     fn promote(&mut self, now: Instant) -> Option<Instant> {
-        let due: Vec<Key> = self
-            .delayed
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        let due = |m: &BTreeMap<Key, Instant>| -> Vec<Key> {
+            m.iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for key in due(&self.delayed) {
             self.delayed.remove(&key);
             self.enqueue(key);
         }
-        self.delayed.values().min().copied()
+        for key in due(&self.batched) {
+            self.batched.remove(&key);
+            self.enqueue(key);
+        }
+        self.delayed
+            .values()
+            .chain(self.batched.values())
+            .min()
+            .copied()
     }
 
     fn take(&mut self) -> Option<Key> {
@@ -108,6 +119,22 @@ impl WorkQueue {
     pub fn push_after(&self, key: Key, after: Duration) {
         self.lock().delayed.insert(key, Instant::now() + after);
         // A waiting worker recomputes its deadline.
+        self.notify.notify_one();
+    }
+
+    /// Queues `key` within `within`: a key already waiting stays where it is, a batch already
+    /// gathering for it keeps its end. Later pushes never postpone it, so a stream of changes
+    /// batches instead of starving; a look-again the reconcile asks for meanwhile does not
+    /// replace it.
+    pub fn push_within(&self, key: Key, within: Duration) {
+        let mut s = self.lock();
+        if s.queued.contains(&key) {
+            return;
+        }
+        s.batched
+            .entry(key)
+            .or_insert_with(|| Instant::now() + within);
+        drop(s);
         self.notify.notify_one();
     }
 
@@ -205,6 +232,27 @@ mod tests {
         assert_eq!(q.pop().await, k("a"));
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert!(q.lock().delayed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_within_a_batch_make_one_look_that_they_never_postpone() {
+        let q = WorkQueue::default();
+        let start = Instant::now();
+        q.push_within(k("a"), Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        q.push_within(k("a"), Duration::from_millis(500));
+        // The reconcile running now asks to look again in 30 s: the batch still ends on time.
+        q.push_after(k("a"), Duration::from_secs(30));
+        assert_eq!(q.pop().await, k("a"));
+        assert_eq!(start.elapsed(), Duration::from_millis(500), "not postponed");
+        assert!(q.lock().batched.is_empty());
+        q.done(&k("a"));
+        // A key already waiting in the queue is not delayed by a batch.
+        q.push(k("b"));
+        q.push_within(k("b"), Duration::from_secs(5));
+        assert_eq!(q.pop().await, k("b"));
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert!(q.lock().batched.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
