@@ -99,6 +99,10 @@ const QUIET_UNLESS_BAD: [&str; 4] = [
     "CredentialsExpiring",
 ];
 
+/// Conditions whose recovery `Ready` turning True already announces: they speak only when
+/// they turn bad.
+const ONLY_WHEN_BAD: [&str; 1] = ["Available"];
+
 /// Whether the change of one condition from `old` to `new` deserves an Event, and which
 /// type. Events mark state changes only, never a reconcile that changed nothing. Pure.
 fn event_type(old: Option<&Condition>, new: &Condition) -> Option<EventType> {
@@ -110,8 +114,16 @@ fn event_type(old: Option<&Condition>, new: &Condition) -> Option<EventType> {
     if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
         return None;
     }
+    // A normal-true condition that stays False changes its reason as a rollout goes on
+    // (Pending, RollingOut); failures are announced by Stalled and its kin turning True.
+    if !abnormal && old.is_some_and(|o| o.status == new.status) {
+        return None;
+    }
     let failure = abnormal && new.status == "True";
     let bad = failure || (!abnormal && new.status == "False");
+    if ONLY_WHEN_BAD.contains(&kind) && !bad {
+        return None;
+    }
     if QUIET_UNLESS_BAD.contains(&kind) && !bad && old.is_none_or(|o| o.status == new.status) {
         return None;
     }
@@ -194,6 +206,32 @@ mod tests {
             Some(EventType::Normal)
         );
         assert_eq!(event_type(None, &cond("Unplanned", "True", "X")), None);
+    }
+
+    #[test]
+    fn a_new_service_rolling_out_makes_events_only_for_placed_and_ready() {
+        use EventType::{Normal, Warning};
+        // (condition, from "status:reason", to "status:reason", the Event)
+        let cases = [
+            ("Ready", "False:Pending", "False:RollingOut", None),
+            ("Ready", "False:RollingOut", "True:Reconciled", Some(Normal)),
+            ("Scheduled", "Unknown:Pending", "True:Placed", Some(Normal)),
+            ("Available", "False:Unavailable", "True:Available", None),
+            (
+                "Available",
+                "True:Available",
+                "False:Unavailable",
+                Some(Warning),
+            ),
+        ];
+        let parse = |kind: &str, state: &str| {
+            let (status, reason) = state.split_once(':').unwrap();
+            cond(kind, status, reason)
+        };
+        for (kind, from, to, want) in cases {
+            let got = event_type(Some(&parse(kind, from)), &parse(kind, to));
+            assert_eq!(got, want, "{kind} {from} -> {to}");
+        }
     }
 
     #[test]
