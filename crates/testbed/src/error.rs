@@ -56,9 +56,9 @@ pub enum TestbedError {
         /// What went wrong.
         message: String,
     },
-    /// There is no member of that name.
-    #[error("no member named '{0}' in this testbed")]
-    UnknownMember(String),
+    /// There is no member of that name (the name asked for, and the names there are).
+    #[error("no member named '{0}' in this testbed (it has: {1})")]
+    UnknownMember(String, String),
     /// The control socket of a running testbed answered with an error or not at all.
     #[error("testbed control: {0}")]
     Control(String),

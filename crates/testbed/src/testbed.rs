@@ -158,7 +158,10 @@ impl Testbed {
     pub fn member(&self, name: &str) -> Result<&Member, TestbedError> {
         self.all()
             .find(|m| m.name() == name)
-            .ok_or_else(|| TestbedError::UnknownMember(name.to_owned()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.all().map(Member::name).collect();
+                TestbedError::UnknownMember(name.to_owned(), known.join(", "))
+            })
     }
 
     /// The hub (if any) followed by the members.
