@@ -156,12 +156,10 @@ impl Testbed {
 
     /// A cluster by name (`hub` for the hub).
     pub fn member(&self, name: &str) -> Result<&Member, TestbedError> {
-        self.all()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.all().map(Member::name).collect();
-                TestbedError::UnknownMember(name.to_owned(), known.join(", "))
-            })
+        self.all().find(|m| m.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = self.all().map(Member::name).collect();
+            TestbedError::UnknownMember(name.to_owned(), known.join(", "))
+        })
     }
 
     /// The hub (if any) followed by the members.
