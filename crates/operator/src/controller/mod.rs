@@ -106,6 +106,9 @@ pub struct Context {
     pub queue: WorkQueue,
     /// Wakes the scheduler.
     pub schedule: tokio::sync::Notify,
+    /// Wakes the CloudPool status loop before its period: an owned Deployment changed, so a
+    /// pool's allocated and free capacity did.
+    pub pool_status_wake: tokio::sync::Notify,
     /// Moves given up per service (their targets are avoided).
     pub stalled_moves: stalled::StalledMoves,
     /// Member namespaces seen terminating (their services avoid those members).
@@ -157,6 +160,7 @@ impl Context {
             decisions: RwLock::new(BTreeMap::new()),
             queue: WorkQueue::default(),
             schedule: tokio::sync::Notify::new(),
+            pool_status_wake: tokio::sync::Notify::new(),
             stalled_moves: stalled::StalledMoves::default(),
             terminating_namespaces: member_namespaces::TerminatingNamespaces::default(),
             replica_fights: Mutex::default(),
@@ -180,7 +184,8 @@ impl Context {
     pub fn on_member_event(&self, event: MemberEvent) {
         match event {
             MemberEvent::Service(ns, name) => {
-                self.queue.push_within((ns, name), MEMBER_CHANGE_BATCH)
+                self.queue.push_within((ns, name), MEMBER_CHANGE_BATCH);
+                self.pool_status_wake.notify_one();
             }
             MemberEvent::Member(_) => self.schedule.notify_one(),
         }

@@ -16,7 +16,8 @@ use crate::status::{self};
 use super::Context;
 use super::service_status::publish_transitions;
 
-/// Writes CloudPool status whenever it changes (checked every probe interval).
+/// Writes CloudPool status whenever it changes (checked every probe interval, and soon after
+/// an owned Deployment in some member changed).
 pub async fn pool_status_loop(ctx: Arc<Context>) {
     let mut last_probe_written: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
@@ -29,7 +30,14 @@ pub async fn pool_status_loop(ctx: Arc<Context>) {
                 tracing::debug!(pool = %pool.name_any(), "pool status not written: {e}");
             }
         }
-        tokio::time::sleep(ctx.settings.probe_interval).await;
+        // Every probe period, or soon after an owned Deployment changed (batched like the
+        // services' member changes), so free capacity follows placements within a second.
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.probe_interval) => {}
+            _ = ctx.pool_status_wake.notified() => {
+                tokio::time::sleep(super::MEMBER_CHANGE_BATCH).await;
+            }
+        }
     }
 }
 
