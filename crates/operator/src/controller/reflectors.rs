@@ -15,46 +15,68 @@ use skyloom_api::{AIService, CloudPool};
 
 use super::{HubStores, Key, SeenGenerations, key_of};
 
-/// What of an AIService, besides its status, was last seen: its status is Skyloom's own, so a
-/// change of the status alone (the operator's write coming back through the watch) is no
-/// reason to reconcile it again.
+/// What of an AIService was last seen: enough to tell a spec change (the scheduler decides
+/// again) from any other change, and an object a relist repeats unchanged from one that
+/// changed during the watch gap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ServiceMarks {
+    uid: u64,
     generation: Option<i64>,
     deleting: bool,
-    /// A hash of the finalizers, labels and annotations.
-    metadata: u64,
+    /// A hash of the finalizers, labels, annotations and status.
+    rest: u64,
 }
 
 impl ServiceMarks {
     fn of(ais: &AIService) -> Self {
-        let mut h = DefaultHasher::new();
-        ais.metadata.finalizers.hash(&mut h);
-        ais.metadata.labels.hash(&mut h);
-        ais.metadata.annotations.hash(&mut h);
+        let hash = |f: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = DefaultHasher::new();
+            f(&mut h);
+            h.finish()
+        };
         Self {
+            uid: hash(&|h| ais.metadata.uid.hash(h)),
             generation: ais.metadata.generation,
             deleting: ais.metadata.deletion_timestamp.is_some(),
-            metadata: h.finish(),
+            rest: hash(&|h| {
+                ais.metadata.finalizers.hash(h);
+                ais.metadata.labels.hash(h);
+                ais.metadata.annotations.hash(h);
+                serde_json::to_string(&ais.status)
+                    .unwrap_or_default()
+                    .hash(h);
+            }),
         }
     }
 
-    /// What a placement depends on: the spec (by its generation) and whether it is deleted.
-    fn spec_part(self) -> (Option<i64>, bool) {
-        (self.generation, self.deleting)
+    /// What a placement depends on: which object, its spec (by generation), whether it is
+    /// being deleted.
+    fn spec_part(self) -> (u64, Option<i64>, bool) {
+        (self.uid, self.generation, self.deleting)
     }
 }
 
-/// Which AIService events call for a reconcile. A change of anything but the status does,
-/// saying whether the spec changed or the object is deleted (the scheduler decides again);
-/// Skyloom's own status writes coming back do not. A relist is judged at its end, against
-/// what was known before it, once the store holds the new list: services that changed, came
-/// or went meanwhile are reconciled, the others not.
+/// Which AIService events call for a reconcile, and whether the spec changed or the object
+/// is deleted (the scheduler decides again). Every change does, Skyloom's own status writes
+/// included: the status is compared with the cache, which can lag behind the last write,
+/// and the write coming back is what corrects a comparison made against a stale cache. A
+/// relist is judged at its end, against what was known before it, once the store holds the
+/// new list: services that changed, came or went meanwhile are reconciled, the others not.
 #[derive(Default)]
 struct ServiceEvents {
     known: BTreeMap<Key, ServiceMarks>,
     /// During a relist: what it has listed so far.
     listing: Option<BTreeMap<Key, ServiceMarks>>,
+}
+
+/// Whether a service seen as `now` after `before` needs a reconcile, and if so whether its
+/// spec changed (or it is a new object).
+fn judge(before: Option<&ServiceMarks>, now: &ServiceMarks) -> Option<bool> {
+    match before {
+        Some(b) if b == now => None,
+        Some(b) => Some(b.spec_part() != now.spec_part()),
+        None => Some(true),
+    }
 }
 
 impl ServiceEvents {
@@ -65,11 +87,9 @@ impl ServiceEvents {
             watcher::Event::Apply(ais) => {
                 let key = key_of(&ais);
                 let now = ServiceMarks::of(&ais);
-                match self.known.insert(key.clone(), now) {
-                    Some(before) if before == now => Vec::new(),
-                    Some(before) if before.spec_part() == now.spec_part() => vec![(key, false)],
-                    _ => vec![(key, true)],
-                }
+                let before = self.known.insert(key.clone(), now);
+                // An event repeating what is known still means someone wrote.
+                vec![(key, judge(before.as_ref(), &now).unwrap_or(false))]
             }
             watcher::Event::Delete(ais) => {
                 let key = key_of(&ais);
@@ -95,12 +115,8 @@ impl ServiceEvents {
                     .map(|k| (k.clone(), true))
                     .collect();
                 for (key, now) in &listed {
-                    match self.known.get(key) {
-                        Some(before) if before == now => {}
-                        Some(before) if before.spec_part() == now.spec_part() => {
-                            out.push((key.clone(), false));
-                        }
-                        _ => out.push((key.clone(), true)),
+                    if let Some(spec_changed) = judge(self.known.get(key), now) {
+                        out.push((key.clone(), spec_changed));
                     }
                 }
                 self.known = listed;
@@ -111,8 +127,9 @@ impl ServiceEvents {
 }
 
 /// Starts the hub reflectors; returns their stores and the tasks driving them. `on_service`
-/// is told about every AIService change but its status (with whether the spec changed or the
-/// object is being deleted or gone), `on_pool_or_secret` about CloudPool and Secret changes.
+/// is told about every AIService change (with whether the spec changed or the object is
+/// being deleted or gone) and about what a relist found changed, `on_pool_or_secret` about
+/// CloudPool and Secret changes.
 pub fn start_reflectors(
     hub: &Client,
     namespace: &str,
@@ -222,22 +239,22 @@ mod tests {
     }
 
     #[test]
-    fn skyloom_s_own_status_writes_are_no_reason_to_reconcile() {
+    fn spec_changes_wake_the_scheduler_and_other_changes_only_the_service() {
         let mut ev = ServiceEvents::default();
         assert_eq!(
             listed(&mut ev, vec![service("a", 1, "")]),
             vec![(key("a"), true)]
         );
-        assert!(
-            ev.handle(watcher::Event::Apply(service("a", 1, "1.00")))
-                .is_empty()
+        // A status write coming back is reconciled (the cache may have been behind), without
+        // a new decision.
+        assert_eq!(
+            ev.handle(watcher::Event::Apply(service("a", 1, "1.00"))),
+            vec![(key("a"), false)]
         );
-        // A spec change is.
         assert_eq!(
             ev.handle(watcher::Event::Apply(service("a", 2, "1.00"))),
             vec![(key("a"), true)]
         );
-        // So is a label (or annotation or finalizer) change, without a new decision.
         let mut labelled = service("a", 2, "1.00");
         labelled
             .metadata
@@ -248,6 +265,13 @@ mod tests {
             ev.handle(watcher::Event::Apply(labelled)),
             vec![(key("a"), false)]
         );
+        // The same name, a new object: decided afresh.
+        let mut again = service("a", 2, "1.00");
+        again.metadata.uid = Some("another".into());
+        assert_eq!(
+            ev.handle(watcher::Event::Apply(again)),
+            vec![(key("a"), true)]
+        );
         assert_eq!(
             ev.handle(watcher::Event::Delete(service("a", 2, ""))),
             vec![(key("a"), true)]
@@ -257,31 +281,25 @@ mod tests {
     #[test]
     fn a_relist_reconciles_only_what_changed_came_or_went() {
         let mut ev = ServiceEvents::default();
-        let first = listed(
-            &mut ev,
-            vec![
-                service("same", 1, ""),
-                service("edited", 1, ""),
-                service("gone", 1, ""),
-            ],
-        );
-        assert_eq!(first.len(), 3);
+        let names = ["same", "edited", "status", "gone"];
+        let first = listed(&mut ev, names.map(|n| service(n, 1, "")).to_vec());
+        assert_eq!(first.len(), 4);
         let mut again = listed(
             &mut ev,
             vec![
-                service("same", 1, "2.00"),
+                service("same", 1, ""),
                 service("edited", 2, ""),
+                service("status", 1, "2.00"),
                 service("new", 1, ""),
             ],
         );
         again.sort();
-        assert_eq!(
-            again,
-            vec![
-                (key("edited"), true),
-                (key("gone"), true),
-                (key("new"), true)
-            ]
-        );
+        let want = [
+            ("edited", true),
+            ("gone", true),
+            ("new", true),
+            ("status", false),
+        ];
+        assert_eq!(again, want.map(|(n, s)| (key(n), s)).to_vec());
     }
 }
