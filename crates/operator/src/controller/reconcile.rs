@@ -123,7 +123,9 @@ async fn add_finalizer(
         Err(e) => return Err(ReconcileError::Hub(e)),
     }
     let fresh = api.get(&name).await.map_err(ReconcileError::Hub)?;
-    if has_finalizer(&fresh) {
+    // An object being deleted takes no new finalizer (the API server refuses it); the
+    // caller finalizes it instead.
+    if has_finalizer(&fresh) || fresh.metadata.deletion_timestamp.is_some() {
         return Ok(Arc::new(fresh));
     }
     api.patch(
@@ -153,7 +155,12 @@ pub(super) async fn reconcile(
     let ais = if has_finalizer(&ais) {
         ais
     } else {
-        add_finalizer(&api, &ais).await?
+        let fresh = add_finalizer(&api, &ais).await?;
+        // Read afresh after a conflict: it may be being deleted already.
+        if fresh.metadata.deletion_timestamp.is_some() {
+            return finalize(ctx, &fresh, &api).await;
+        }
+        fresh
     };
     let decision = ctx.decision(key);
     let views = ctx.registry.views();
