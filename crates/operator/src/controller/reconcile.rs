@@ -218,6 +218,9 @@ pub(super) async fn reconcile(
                     .then_some(view.last_probe)
                     .flatten()
                     .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                    // Whole seconds, as the API stores it: else the status never equals
+                    // the cached one and is written again on every pass.
+                    .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.as_second()).ok())
                     .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
                 problem: (!view.observable()).then(|| view.health.message()),
             },
