@@ -20,6 +20,21 @@ pub struct Observed {
     pub deadline_exceeded: bool,
 }
 
+impl Observed {
+    /// What to believe after Skyloom wrote `written` replicas (`None`: deleted the Deployment)
+    /// that the member's watch does not show yet: the written count, and no more replicas
+    /// Available than it keeps. Counting a member at what it showed before the write would
+    /// let another member drain on the strength of replicas that are already going.
+    pub fn with_pending_write(self, written: Option<u32>) -> Observed {
+        Observed {
+            spec_replicas: written,
+            available: self.available.min(written.unwrap_or(0)),
+            deadline_exceeded: self.deadline_exceeded && written.is_some(),
+            ..self
+        }
+    }
+}
+
 /// One write to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -299,6 +314,28 @@ mod tests {
             targets(&desired, &observed, limits),
             map(&[("a", 1), ("b", 1), ("c", 1)])
         );
+    }
+
+    #[test]
+    fn a_member_whose_deletion_the_watch_has_not_shown_does_not_hold_replicas() {
+        // b was deleted in the last pass; its watch still shows 2 Available. Counted as
+        // shown, b would let a go while c has 1 of 3: believed as written, a stays.
+        let desired = map(&[("a", 0), ("c", 3)]);
+        let limits = Limits {
+            desired: 3,
+            max_surge: 1,
+            max_unavailable: 0,
+        };
+        let b = obs(Some(2), 2).with_pending_write(None);
+        assert_eq!((b.spec_replicas, b.available), (None, 0));
+        let observed = map(&[("a", obs(Some(2), 2)), ("b", b), ("c", obs(Some(1), 1))]);
+        assert_eq!(
+            targets(&desired, &observed, limits),
+            map(&[("a", 2), ("b", 0), ("c", 2)])
+        );
+        // A scale-down not shown yet counts only what stays.
+        let shrunk = obs(Some(4), 4).with_pending_write(Some(1));
+        assert_eq!((shrunk.spec_replicas, shrunk.available), (Some(1), 1));
     }
 
     #[test]

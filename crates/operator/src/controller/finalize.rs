@@ -18,7 +18,7 @@ use skyloom_api::{AIService, AIServiceStatus};
 use crate::identity::{FIELD_MANAGER, FINALIZER};
 use crate::status::{self, Cond};
 
-use super::member_writes::delete_deployment;
+use super::member_writes::{Reach, delete_deployment};
 use super::pool_lifecycle::since;
 use super::reconcile::ReconcileError;
 use super::{Context, key_of};
@@ -47,11 +47,15 @@ pub(super) async fn finalize(
             .registry
             .deployments_of(&pool, &key.0, &key.1)
             .is_empty()
+            && ctx
+                .pending_writes
+                .unseen_object(&key, &pool, std::time::Instant::now())
+                .is_none()
         {
             continue;
         }
         if view.observable() {
-            delete_deployment(ctx, &pool, &key).await?;
+            delete_deployment(ctx, &pool, &key, Reach::SeenAndUnseen).await?;
             waiting.push(pool);
         } else if deleted_for < ctx.settings.orphan_grace && !pool_leaving(ctx, &pool) {
             unobservable.push(format!("{pool} ({})", view.health.reason()));
@@ -99,8 +103,14 @@ pub(super) async fn finalize(
         .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(None),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Ok(_) => {
+            ctx.pending_writes.forget(&key);
+            Ok(None)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            ctx.pending_writes.forget(&key);
+            Ok(None)
+        }
         Err(e) => Err(ReconcileError::Hub(e)),
     }
 }

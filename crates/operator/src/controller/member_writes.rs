@@ -17,6 +17,7 @@ use crate::identity::{
 };
 
 use super::member_namespaces::{is_terminating, is_terminating_error};
+use super::pending_writes::Written;
 use super::reconcile::ReconcileError;
 use super::{Context, Key, TEMPLATE_HASH_ANNOTATION, key_of};
 
@@ -118,7 +119,8 @@ pub(super) enum Replicas {
 }
 
 /// Applies the Deployment in `pool`; returns false when an unowned object of that name is in
-/// the way (nothing is written then).
+/// the way (nothing is written then). The member's answer is recorded as a pending write
+/// until the member's watch shows it.
 pub(super) async fn apply_deployment(
     ctx: &Context,
     pool: &str,
@@ -180,8 +182,15 @@ pub(super) async fn apply_deployment(
             &Patch::Apply(&doc),
         )
         .await;
+    let record = |answer: &Deployment| {
+        if let Some(written) = Written::applied(answer) {
+            let key = (ns.clone(), name.clone());
+            ctx.pending_writes
+                .wrote(&key, pool, written, std::time::Instant::now());
+        }
+    };
     match applied {
-        Ok(_) => {}
+        Ok(answer) => record(&answer),
         Err(e) if is_terminating_error(&e) => {
             // The namespace began terminating after it was cached: look again next time.
             ctx.known_namespaces
@@ -195,23 +204,26 @@ pub(super) async fn apply_deployment(
         }
         Err(e) => return Err(member_err(e)),
     }
-    if let Some((count, false)) = hold {
-        hold_replicas(&api, &name, &ns, count)
+    if let Some((count, false)) = hold
+        && let Some(held) = hold_replicas(&api, &name, &ns, count)
             .await
-            .map_err(member_err)?;
+            .map_err(member_err)?
+    {
+        record(&held);
     }
     tracing::info!(service = %format!("{ns}/{name}"), pool, ?replicas, "applied member Deployment");
     Ok(true)
 }
 
 /// Applies `spec.replicas` alone under [`INITIAL_REPLICAS_MANAGER`], without force: when
-/// another writer (an HPA, `kubectl scale`) set a different count meanwhile, theirs stands.
+/// another writer (an HPA, `kubectl scale`) set a different count meanwhile, theirs stands
+/// (and there is no answer).
 async fn hold_replicas(
     api: &Api<Deployment>,
     name: &str,
     ns: &str,
     count: u32,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Deployment>, kube::Error> {
     let doc = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns},
@@ -225,41 +237,82 @@ async fn hold_replicas(
         )
         .await
     {
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        other => other.map(|_| ()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        other => other.map(Some),
     }
 }
 
-/// Deletes the owned Deployment of `key` in `pool` (only if its UID is the observed owned one).
+/// Which of a service's member Deployments a delete reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Those the watch shows, and one Skyloom wrote in the last moments that the watch does
+    /// not show yet (a service's own worker, which knows its writes).
+    SeenAndUnseen,
+    /// Only those the watch shows (the orphan sweep, which judged what it saw).
+    Seen,
+}
+
+/// Deletes the owned Deployments of `key` in `pool` that `reach` covers, each only by its
+/// UID, so nothing else of that name is touched. What was deleted (or found gone) is recorded
+/// as a pending write, also when a later delete fails.
 pub(super) async fn delete_deployment(
     ctx: &Context,
     pool: &str,
     key: &Key,
+    reach: Reach,
 ) -> Result<(), ReconcileError> {
     let Some(client) = ctx.registry.client(pool) else {
         return Ok(());
     };
     let api: Api<Deployment> = Api::namespaced(client, &key.0);
-    for d in ctx.registry.deployments_of(pool, &key.0, &key.1) {
+    let mut targets: Vec<(String, String)> = ctx
+        .registry
+        .deployments_of(pool, &key.0, &key.1)
+        .iter()
+        .filter_map(|d| Some((d.name_any(), d.metadata.uid.clone()?)))
+        .collect();
+    if reach == Reach::SeenAndUnseen
+        && let Some(uid) = ctx
+            .pending_writes
+            .unseen_object(key, pool, std::time::Instant::now())
+        && !targets.iter().any(|(_, u)| *u == uid)
+    {
+        targets.push((key.1.clone(), uid));
+    }
+    let mut gone = Vec::new();
+    let mut failed = None;
+    for (name, uid) in targets {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: d.metadata.uid.clone(),
+                uid: Some(uid.clone()),
                 resource_version: None,
             }),
             ..DeleteParams::background()
         };
-        match api.delete(&d.name_any(), &params).await {
+        match api.delete(&name, &params).await {
             Ok(_) => {
-                tracing::info!(service = %format!("{}/{}", key.0, key.1), pool, "deleted member Deployment")
+                tracing::info!(service = %format!("{}/{}", key.0, key.1), pool, "deleted member Deployment");
+                gone.push(uid);
             }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => gone.push(uid),
+            // Another object of that name now: not Skyloom's to delete.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(source) => {
-                return Err(ReconcileError::Member {
+                failed = Some(ReconcileError::Member {
                     pool: pool.to_owned(),
                     source,
                 });
+                break;
             }
         }
     }
-    Ok(())
+    if !gone.is_empty() {
+        ctx.pending_writes.wrote(
+            key,
+            pool,
+            Written::Deleted { uids: gone },
+            std::time::Instant::now(),
+        );
+    }
+    failed.map_or(Ok(()), Err)
 }

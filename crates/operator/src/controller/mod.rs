@@ -5,6 +5,7 @@
 mod finalize;
 mod member_namespaces;
 mod member_writes;
+mod pending_writes;
 mod pool_lifecycle;
 mod pool_status;
 mod queue;
@@ -113,6 +114,8 @@ pub struct Context {
     pub stalled_moves: stalled::StalledMoves,
     /// Member namespaces seen terminating (their services avoid those members).
     pub terminating_namespaces: member_namespaces::TerminatingNamespaces,
+    /// Skyloom's member writes not yet shown by the member watches.
+    pub pending_writes: pending_writes::PendingWrites,
     /// Replica counts applied per service and member, and put-backs of changed ones.
     pub replica_fights: Mutex<crate::replica_fights::ReplicaFights>,
     /// Metrics.
@@ -163,6 +166,7 @@ impl Context {
             pool_status_wake: tokio::sync::Notify::new(),
             stalled_moves: stalled::StalledMoves::default(),
             terminating_namespaces: member_namespaces::TerminatingNamespaces::default(),
+            pending_writes: pending_writes::PendingWrites::default(),
             replica_fights: Mutex::default(),
             metrics,
             started: Instant::now(),

@@ -18,7 +18,7 @@ use crate::replica_fights::Verdict;
 use crate::status::{self, PoolReport, ServiceFacts};
 
 use super::finalize::finalize;
-use super::member_writes::{Replicas, apply_deployment, delete_deployment, render};
+use super::member_writes::{Reach, Replicas, apply_deployment, delete_deployment, render};
 use super::service_status::write_service_status;
 use super::{Context, Key, TEMPLATE_HASH_ANNOTATION};
 
@@ -191,14 +191,21 @@ pub(super) async fn reconcile(
             let updated = count(d.status.as_ref().and_then(|s| s.updated_replicas));
             gen_ok && hash_ok && updated >= spec.unwrap_or(0)
         });
+        let seen = Observed {
+            observable: view.observable(),
+            spec_replicas: spec,
+            available,
+            deadline_exceeded,
+        };
         observed.insert(
             pool.clone(),
-            Observed {
-                observable: view.observable(),
-                spec_replicas: spec,
-                available,
-                deadline_exceeded,
-            },
+            ctx.pending_writes.correct(
+                key,
+                pool,
+                seen,
+                d.and_then(|d| Some((d.metadata.uid.as_deref()?, d.metadata.generation?))),
+                Instant::now(),
+            ),
         );
         reports.insert(
             pool.clone(),
@@ -317,7 +324,7 @@ pub(super) async fn reconcile(
                     }
                 }
                 Action::Delete { pool } => {
-                    delete_deployment(ctx, &pool, key).await?;
+                    delete_deployment(ctx, &pool, key, Reach::SeenAndUnseen).await?;
                     ctx.fights().forget(&(key.0.clone(), key.1.clone(), pool));
                 }
             }

@@ -14,7 +14,7 @@ use crate::explain;
 use crate::identity::{self};
 use crate::snapshot::{self, PoolFacts};
 
-use super::member_writes::delete_deployment;
+use super::member_writes::{Reach, delete_deployment};
 use super::{Context, Decision, Key, STARTUP_GRACE, key_of};
 
 /// Runs the scheduler until aborted.
@@ -65,7 +65,7 @@ pub(super) async fn sweep_orphans(ctx: &Context) {
                 continue;
             }
             tracing::warn!(service = %format!("{ns}/{name}"), pool = %pool, "pruning an orphaned member Deployment: its AIService is gone");
-            if let Err(e) = delete_deployment(ctx, &pool, &(ns, name)).await {
+            if let Err(e) = delete_deployment(ctx, &pool, &(ns, name), Reach::Seen).await {
                 tracing::warn!("pruning failed, will retry: {e}");
             }
         }
