@@ -182,20 +182,41 @@ fn evaluate(
                 segments.push((base, i, cap - kept));
             }
         }
-        segments.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for &(key, i, units) in &segments {
-            if need == 0 {
-                break;
-            }
+        cheapest_first(&mut segments, |key, i, units| {
             let take = units.min(need);
             need -= take;
             total += key * f64::from(take);
             for k in 0..rc {
                 usage[i * rc + k] += scale[i * rc + k] * s.demand_f[k] * f64::from(take);
             }
-        }
+            need > 0
+        });
     }
     total
+}
+
+/// Takes `segments` (cost, cloud, units) cheapest first, ties by cloud and then by position,
+/// handing each to `take` until it returns false or none is left. The same walk as a stable
+/// sort by (cost, cloud) followed by a loop, but a service usually stops after one or two
+/// segments, so the rest are never ordered (this runs per service in every subgradient
+/// iteration).
+fn cheapest_first(
+    segments: &mut Vec<(f64, usize, u32)>,
+    mut take: impl FnMut(f64, usize, u32) -> bool,
+) {
+    while !segments.is_empty() {
+        let mut m = 0;
+        for p in 1..segments.len() {
+            let (a, b) = (&segments[p], &segments[m]);
+            if a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).is_lt() {
+                m = p;
+            }
+        }
+        let (key, i, units) = segments.remove(m);
+        if !take(key, i, units) {
+            break;
+        }
+    }
 }
 
 /// The placement relaxation solved approximately by the volume algorithm (a subgradient
@@ -266,11 +287,13 @@ pub fn placement_relaxation(
                     segments.push((key, i, s.cap[i] - kept));
                 }
             }
-            segments.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
             let mut need = s.desired;
-            for &(key, i, units) in &segments {
-                if need == 0 || key >= b {
-                    break;
+            if need == 0 {
+                continue;
+            }
+            cheapest_first(&mut segments, |key, i, units| {
+                if key >= b {
+                    return false;
                 }
                 let take = units.min(need);
                 need -= take;
@@ -279,7 +302,8 @@ pub fn placement_relaxation(
                 for k in 0..rc {
                     usage[i * rc + k] += scale[i * rc + k] * s.demand_f[k] * f64::from(take);
                 }
-            }
+                need > 0
+            });
         }
         total
     };
