@@ -266,6 +266,22 @@ fn read_value(
     text: Option<&str>,
     manifests: &mut Manifests,
 ) -> Result<(), InputError> {
+    // A derived struct also reads a list (positionally), so `- a` would pass as an object.
+    if !value.is_object() {
+        let shape = match &value {
+            serde_json::Value::Array(_) => "a list",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            _ => "not a mapping",
+        };
+        return Err(InputError::Syntax {
+            origin,
+            message: format!(
+                "not a Kubernetes object: the document is {shape}, not a mapping with apiVersion and kind"
+            ),
+        });
+    }
     let header: Header = serde_json::from_value(value.clone()).map_err(|e| InputError::Syntax {
         origin: origin.clone(),
         message: format!("not a Kubernetes object: {e}"),

@@ -237,6 +237,23 @@ fn the_current_placement_is_kept() {
 }
 
 #[test]
+fn a_document_that_is_not_a_mapping_is_refused_as_such() {
+    let dir = TempDir::new();
+    // A list of two strings reads positionally into a struct; it is no apiVersion and kind.
+    for (text, shape) in [
+        ("- skyloom.io/v1alpha1\n- CloudPool\n", "a list"),
+        ("just words\n", "a string"),
+    ] {
+        let file = dir.write("odd.yaml", &format!("{POOLS}---\n{text}"));
+        let message = error(&args(vec![file], Format::Table));
+        assert_mentions(
+            &message,
+            &["odd.yaml", "document 4", "not a Kubernetes object", shape],
+        );
+    }
+}
+
+#[test]
 fn errors_name_file_document_object_and_field() {
     let dir = TempDir::new();
     let bad_price = dir.write("price.yaml", &POOLS.replace("\"0.04\"", "\"NaN\""));
