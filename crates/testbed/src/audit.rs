@@ -3,7 +3,7 @@
 //! side which client wrote and what it read. Every write is audited; reads (get, list, watch)
 //! only of the resources named in the testbed's audit policy (see `member.rs`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
@@ -23,6 +23,10 @@ pub struct AuditRequest {
     /// ends) under one id.
     #[serde(rename = "auditID", default)]
     pub audit_id: String,
+    /// The audit stage of the line kept: `ResponseComplete` for a finished request,
+    /// `ResponseStarted` for a watch that had not ended when the log was read.
+    #[serde(default)]
+    pub stage: String,
     /// get, list, watch, create, update, patch, delete or deletecollection.
     pub verb: String,
     /// The client's User-Agent header (empty when it sent none).
@@ -128,20 +132,40 @@ impl AuditRequest {
         SystemTime::from(self.request_received_timestamp)
     }
 
-    /// When the apiserver finished the request, as a [`SystemTime`].
+    /// When the apiserver finished the request (for a watch still open, when it started
+    /// answering), as a [`SystemTime`].
     pub fn completed(&self) -> SystemTime {
         SystemTime::from(self.stage_timestamp)
     }
+
+    /// Whether the request had finished when the log was read (a watch ends when the
+    /// apiserver or the client closes it).
+    pub fn ended(&self) -> bool {
+        self.stage == "ResponseComplete"
+    }
 }
 
-/// Parses an audit log: one request per complete line, oldest first, each request once (a
-/// watch's second line, when it ends, is dropped; a half-written last line is skipped).
+/// Parses an audit log: one request per complete line, oldest first (by when they were
+/// received), each request once. A watch is logged when it starts and again when it ends;
+/// the later line stands in the first one's place, so an ended watch says when it ended. A
+/// half-written last line is skipped.
 pub fn parse_log(text: &str) -> Vec<AuditRequest> {
-    let mut seen = HashSet::new();
-    text.lines()
+    let mut place: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<AuditRequest> = Vec::new();
+    for r in text
+        .lines()
         .filter_map(|l| serde_json::from_str::<AuditRequest>(l).ok())
-        .filter(|r| r.audit_id.is_empty() || seen.insert(r.audit_id.clone()))
-        .collect()
+    {
+        if r.audit_id.is_empty() {
+            out.push(r);
+        } else if let Some(&i) = place.get(&r.audit_id) {
+            out[i] = r;
+        } else {
+            place.insert(r.audit_id.clone(), out.len());
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// Decodes `%XX` escapes and `+` (a query string's space); a malformed escape stays as it is.
@@ -192,6 +216,9 @@ mod tests {
         let requests = parse_log(&format!("{line}\n{ended}\n{{\"half"));
         assert_eq!(requests.len(), 1, "a watch's two lines are one request");
         let w = &requests[0];
+        assert!(w.ended(), "the later line, saying the watch ended, is kept");
+        let open = parse_log(line);
+        assert!(!open[0].ended());
         assert!(!w.is_write());
         assert_eq!(w.label_selector(), "app.kubernetes.io/managed-by=skyloom");
         assert_eq!(w.field_selector(), "status.phase!=Failed");
