@@ -135,16 +135,42 @@ fn show(requests: &[&AuditRequest]) -> String {
         .join("\n")
 }
 
-/// LIST requests per resource among `requests` received before `until`.
-fn lists_until(requests: &[AuditRequest], until: SystemTime) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
+/// E5 for one apiserver: before `until` the operator listed exactly the `kinds`, each at
+/// least once, and listed one again only after a watch of that kind, started since the
+/// previous list, had ended (a relist follows a broken watch, never a timer or a loop). In
+/// the testbed one etcd serves every cluster, so resource versions move with all of them,
+/// and an apiserver may end a new watch while its cache catches up with the list's version.
+fn check_startup_lists(who: &str, requests: &[AuditRequest], until: SystemTime, kinds: &[&str]) {
+    let mut listed: BTreeMap<&str, Vec<&AuditRequest>> = BTreeMap::new();
     for r in requests
         .iter()
         .filter(|r| r.verb == "list" && r.received() < until)
     {
-        *out.entry(r.resource().to_owned()).or_default() += 1;
+        listed.entry(r.resource()).or_default().push(r);
     }
-    out
+    let listed_kinds: Vec<&str> = listed.keys().copied().collect();
+    assert_eq!(listed_kinds, kinds, "{who}: kinds listed at startup");
+    for (kind, lists) in &listed {
+        for pair in lists.windows(2) {
+            let (before, again) = (pair[0], pair[1]);
+            let broken_watch = requests.iter().any(|w| {
+                w.verb == "watch"
+                    && w.resource() == *kind
+                    && w.received() >= before.received()
+                    && w.ended()
+                    && w.completed() <= again.received()
+            });
+            let all: Vec<&AuditRequest> = requests
+                .iter()
+                .filter(|r| r.resource() == *kind && is_list_or_watch(r))
+                .collect();
+            assert!(
+                broken_watch,
+                "{who}: {kind} listed again with no ended watch since the previous list:\n{}",
+                show(&all)
+            );
+        }
+    }
 }
 
 /// E2 on the hub: the operator reads Secrets only in its namespace (list and watch) or by the
@@ -317,22 +343,23 @@ async fn the_operator_reads_only_its_own_among_hundreds_of_unrelated_objects() {
 
     // E5: at startup, one LIST per kind the operator reads: on the hub AIServices, CloudPools
     // and the namespace's Secrets (the three reflectors); in each member Deployments (the
-    // watch's initial list) and Pods and Nodes (the first capacity discovery). A relist only
-    // follows a broken watch, and capacity is rediscovered after 30 s, past this window.
+    // watch's initial list) and Pods and Nodes (the first capacity discovery). Another LIST
+    // of a kind only after a watch of it ended (a relist follows a broken watch), and
+    // capacity is rediscovered after 30 s, past this window.
     let until = started + STARTUP_WINDOW;
-    let hub_lists = lists_until(&hub_requests, until);
-    let want_hub: BTreeMap<String, usize> = ["aiservices", "cloudpools", "secrets"]
-        .into_iter()
-        .map(|r| (r.to_owned(), 1))
-        .collect();
-    assert_eq!(hub_lists, want_hub, "LIST requests on the hub at startup");
-    let want_member: BTreeMap<String, usize> = ["deployments", "nodes", "pods"]
-        .into_iter()
-        .map(|r| (r.to_owned(), 1))
-        .collect();
+    check_startup_lists(
+        "hub",
+        &hub_requests,
+        until,
+        &["aiservices", "cloudpools", "secrets"],
+    );
     for m in tb.members() {
-        let lists = lists_until(&requests_by(m, &replica), until);
-        assert_eq!(lists, want_member, "{}: LIST requests at startup", m.name());
+        check_startup_lists(
+            m.name(),
+            &requests_by(m, &replica),
+            until,
+            &["deployments", "nodes", "pods"],
+        );
     }
 
     // Clean up: the services (their member Deployments go first), then the noise.
