@@ -103,16 +103,12 @@ pub(super) async fn finalize(
         .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => {
-            ctx.pending_writes.forget(&key);
-            Ok(None)
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            ctx.pending_writes.forget(&key);
-            Ok(None)
-        }
-        Err(e) => Err(ReconcileError::Hub(e)),
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(ReconcileError::Hub(e)),
     }
+    ctx.pending_writes.forget(&key);
+    Ok(None)
 }
 
 /// True when the CloudPool is gone from the hub or being deleted: nobody will make it

@@ -23,8 +23,8 @@ struct ServiceMarks {
     uid: u64,
     generation: Option<i64>,
     deleting: bool,
-    /// A hash of the finalizers, labels, annotations and status.
-    rest: u64,
+    /// A hash of the resourceVersion, which the API server changes with any change.
+    version: u64,
 }
 
 impl ServiceMarks {
@@ -38,14 +38,7 @@ impl ServiceMarks {
             uid: hash(&|h| ais.metadata.uid.hash(h)),
             generation: ais.metadata.generation,
             deleting: ais.metadata.deletion_timestamp.is_some(),
-            rest: hash(&|h| {
-                ais.metadata.finalizers.hash(h);
-                ais.metadata.labels.hash(h);
-                ais.metadata.annotations.hash(h);
-                serde_json::to_string(&ais.status)
-                    .unwrap_or_default()
-                    .hash(h);
-            }),
+            version: hash(&|h| ais.metadata.resource_version.hash(h)),
         }
     }
 
@@ -212,10 +205,12 @@ pub fn start_reflectors(
 mod tests {
     use super::*;
 
+    /// An AIService whose resourceVersion, as the API server's, changes with its content.
     fn service(name: &str, generation: i64, cost: &str) -> AIService {
         let mut ais: AIService = serde_json::from_value(serde_json::json!({
             "apiVersion": "skyloom.io/v1alpha1", "kind": "AIService",
-            "metadata": {"name": name, "namespace": "ns", "generation": generation},
+            "metadata": {"name": name, "namespace": "ns", "generation": generation,
+                         "resourceVersion": format!("{generation}-{cost}")},
             "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
         }))
         .unwrap();
@@ -261,6 +256,7 @@ mod tests {
             .labels
             .get_or_insert_default()
             .insert("team".into(), "x".into());
+        labelled.metadata.resource_version = Some("2-1.00-labelled".into());
         assert_eq!(
             ev.handle(watcher::Event::Apply(labelled)),
             vec![(key("a"), false)]
