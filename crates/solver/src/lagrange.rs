@@ -421,3 +421,40 @@ pub fn placement_objective(
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::cheapest_first;
+
+    #[test]
+    fn cheapest_first_walks_as_a_stable_sort_does() {
+        // Ties on cost and cloud (a service's kept and new segments of one cloud) keep their
+        // order of position; the walk stops when told.
+        let segments: Vec<(f64, usize, u32)> = vec![
+            (3.0, 2, 1),
+            (1.0, 5, 2),
+            (1.0, 4, 3),
+            (-2.0, 7, 4),
+            (1.0, 4, 5),
+            (0.5, 1, 6),
+        ];
+        let mut sorted = segments.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut walked = Vec::new();
+        cheapest_first(&mut segments.clone(), |key, i, units| {
+            walked.push((key, i, units));
+            true
+        });
+        assert_eq!(walked, sorted);
+        assert_eq!(
+            walked.iter().map(|s| s.2).collect::<Vec<_>>(),
+            vec![4, 6, 3, 5, 2, 1]
+        );
+        let mut first_two = Vec::new();
+        cheapest_first(&mut segments.clone(), |_, i, _| {
+            first_two.push(i);
+            first_two.len() < 2
+        });
+        assert_eq!(first_two, vec![7, 1]);
+    }
+}
